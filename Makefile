@@ -1,0 +1,41 @@
+# DinoTwins Explorer. `make setup` is idempotent: it builds .venv once and re-installs only when
+# requirements.txt changes.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(STAMP) data
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+# Debian's Fashion-MNIST and Chromium (for the browser tests), when apt is there and we are root; else skipped.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v chromium >/dev/null; then \
+	  echo "system packages present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q dataset-fashion-mnist chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist chromium >/dev/null)) \
+	  && echo "installed dataset-fashion-mnist and chromium"; \
+	else echo "skipping Debian packages (no apt or not root)"; fi
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: setup
+	$(BIN)/python -m app
+
+bench: setup
+	$(BIN)/python -m dinotwins.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

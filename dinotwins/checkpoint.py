@@ -1,0 +1,123 @@
+"""Resumable training state on disk: atomic, verified, tensors only.
+
+Each save writes `checkpoints/step_XXXXXXXX.pt` through a temporary file in the same folder, fsync, then
+`os.replace`, and records its size and sha256 in `checkpoints/step_XXXXXXXX.pt.sha256`. Loading checks both and
+uses `torch.load(weights_only=True)`, which refuses pickled objects other than tensors and plain containers, so
+a checkpoint from a stranger cannot run code. `latest_good` walks back from the newest checkpoint to the
+newest one that verifies, warning about each bad one; nothing is deleted except good checkpoints beyond the
+`keep` newest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dinotwins.errors import UserError
+
+_NAME = re.compile(r"step_(\d{8})\.pt$")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:08d}.pt"
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    record = {"size": tmp.stat().st_size, "sha256": sha256_file(tmp)}
+    os.replace(tmp, path)
+    atomic_write_bytes(path.with_name(path.name + ".sha256"), json.dumps(record).encode())
+    _prune(folder, keep)
+    return path
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints in `folder`, newest step first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
+
+
+def verify(path: Path) -> str | None:
+    """None when `path` matches its recorded size and hash, else the reason it does not."""
+    record_path = path.with_name(path.name + ".sha256")
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return "its .sha256 record is missing or unreadable"
+    size = path.stat().st_size
+    if size != record.get("size"):
+        return f"size {size} bytes, expected {record.get('size')} (truncated?)"
+    if sha256_file(path) != record.get("sha256"):
+        return "sha256 mismatch (corrupted)"
+    return None
+
+
+def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with safe unpickling; a payload with code is a UserError, never executed."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure here is "this file is not a safe checkpoint"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"refusing to load {path}: not a plain tensor checkpoint ({reason[:160]})") from None
+
+
+def latest_good(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that verifies and loads, or None if there is none; bad ones are named in warnings."""
+    for path in list_checkpoints(folder):
+        problem = verify(path)
+        if problem is None:
+            try:
+                return path, load_state(path, map_location)
+            except UserError as exc:
+                problem = str(exc)
+        warnings.warn(f"skipping checkpoint {path}: {problem}; falling back to the previous one", stacklevel=2)
+    return None
+
+
+def _prune(folder: Path, keep: int) -> None:
+    good = [p for p in list_checkpoints(folder) if verify(p) is None]
+    for old in good[keep:]:
+        old.unlink(missing_ok=True)
+        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+

@@ -1,0 +1,205 @@
+"""Run configuration: one dataclass per concern, YAML presets, overrides converted once at the edge.
+
+Precedence, lowest first: dataclass defaults < `--preset NAME` (dinotwins/presets/NAME.yaml) < `--config FILE`
+< command-line flags and `--set key.sub=value`. The resolved config is written next to each run as YAML.
+Unknown keys and wrong types are a `UserError` naming the key, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dinotwins.augment import AugmentConfig
+from dinotwins.backbone import ModelConfig
+from dinotwins.errors import UserError
+from dinotwins.objectives import METHODS, BarlowConfig, DinoConfig, HybridConfig
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with DINO's schedules: linear lr warm-up then cosine; weight decay cosine 0.04 -> 0.4."""
+
+    base_lr: float = 5e-4  # per 256 images; scaled by global batch / 256 (DINO)
+    min_lr: float = 1e-6
+    warmup_epochs: float = 10.0  # clipped to a tenth of the run for short runs
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0  # max global grad norm; 0 disables
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class TrainConfig:
+    method: str = "dino"
+    data: str = "synthetic"
+    epochs: float = 100.0
+    max_steps: int | None = None  # stop (and end every schedule) here if set
+    batch_size: int = 64  # per process
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 where the device does it fast) | bf16 | fp32
+    compile: bool = False  # torch.compile the student and teacher (pays on GPU)
+    save_every: int = 500  # steps between resumable checkpoints
+    log_every: int = 10  # steps between metrics.jsonl rows
+    keep_checkpoints: int = 2  # resumable checkpoints kept, newest first
+    export_dtype: str = "float32"  # float32 | float16 for the exported weights
+    stop_on_collapse: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dino: DinoConfig = field(default_factory=DinoConfig)
+    barlow: BarlowConfig = field(default_factory=BarlowConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        checks = [
+            (self.batch_size >= 2, f"--batch-size must be at least 2, got {self.batch_size}"),
+            (self.epochs > 0, f"--epochs must be positive, got {self.epochs}"),
+            (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
+            (self.save_every >= 1, f"--save-every must be at least 1 step, got {self.save_every}"),
+            (self.log_every >= 1, f"log_every must be at least 1 step, got {self.log_every}"),
+            (self.keep_checkpoints >= 2, f"keep_checkpoints must be at least 2, got {self.keep_checkpoints}"),
+            (self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}"),
+            (self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {self.precision!r}"),
+            (self.export_dtype in ("float32", "float16"), f"export_dtype must be float32 or float16, got {self.export_dtype!r}"),
+            (self.optim.base_lr > 0, f"optim.base_lr must be positive, got {self.optim.base_lr}"),
+            (0 <= self.dino.momentum_teacher <= 1, f"dino.momentum_teacher must be in [0, 1], got {self.dino.momentum_teacher}"),
+            (self.dino.student_temp > 0 and self.dino.teacher_temp > 0, "dino temperatures must be positive"),
+            (self.augment.n_local >= 0, f"augment.n_local must be >= 0, got {self.augment.n_local}"),
+            (self.hybrid.w_dino >= 0 and self.hybrid.w_barlow >= 0, "hybrid weights must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        if self.augment.global_size != self.model.image_size:
+            raise UserError(f"augment.global_size {self.augment.global_size} differs from model.image_size "
+                            f"{self.model.image_size}; set both to the same size")
+        for size in (self.augment.global_size, self.augment.local_size):
+            if size % self.model.patch_size:
+                raise UserError(f"crop size {size} is not a multiple of patch size {self.model.patch_size}")
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown preset {name!r}; use one of {', '.join(available_presets())}")
+    return read_yaml(path)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist; check the path") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of nested dicts; `update` wins."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def dotted_to_nested(assignments: list[str]) -> dict[str, Any]:
+    """['dino.out_dim=2048', 'epochs=3'] -> {'dino': {'out_dim': 2048}, 'epochs': 3}; values parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        value = yaml.safe_load(raw) if raw else None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def build_config(data: dict[str, Any]) -> TrainConfig:
+    cfg = _from_dict(TrainConfig, data, "")
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Dataclass -> plain dict of YAML-safe values (tuples become lists)."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(cfg))
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"config key {prefix.rstrip('.') or 'root'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"unknown config key {prefix}{unknown[0]}; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key} must be a list, got {value!r}")
+        inner = args[0] if args else float
+        return tuple(_coerce(v, inner, key) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key {key} must be true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key {key} must be a number, got {value!r}")
+        if hint is int and float(value) != int(value):
+            raise UserError(f"config key {key} must be a whole number, got {value!r}")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise UserError(f"config key {key} must be a string, got {value!r}")
+        return value
+    return value

@@ -1,0 +1,98 @@
+"""The three objectives as pure functions.
+
+- `dino_loss` follows DINO (Caron et al. 2021, Algorithm 1): cross-entropy between the teacher's centered,
+  sharpened softmax and the student's softmax, over every (teacher view, different student view) pair.
+- `barlow_twins_loss` follows Barlow Twins (Zbontar et al. 2021, Algorithm 1): the cross-correlation of the two
+  views' batch-normalized embeddings, divided by the batch size, pushed to the identity.
+- `hybrid_loss` is DinoTwins (arXiv 2508.17509): a weighted sum of both.
+
+Nothing here holds state: the center, the teacher and the schedules live elsewhere. Gathering across processes
+is opt-in (`distributed=True`), so the default runs on one CPU with no process group.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def dino_loss(student_out: list[Tensor], teacher_out: list[Tensor], center: Tensor,
+              student_temp: float, teacher_temp: float) -> Tensor:
+    """Mean over (teacher view i, student view j != i) pairs and the batch of -sum p_t log p_s.
+
+    student_out[i] and teacher_out[i] come from the same view (the teacher sees only the first
+    len(teacher_out) views, the global ones); each tensor is (B, K) logits.
+    """
+    if len(teacher_out) == 0 or len(student_out) < 2:
+        raise ValueError("dino_loss needs at least one teacher view and two student views")
+    teacher_probs = [F.softmax((t - center) / teacher_temp, dim=-1).detach() for t in teacher_out]
+    student_logp = [F.log_softmax(s / student_temp, dim=-1) for s in student_out]
+    total, pairs = 0.0, 0
+    for i, p_t in enumerate(teacher_probs):
+        for j, logp_s in enumerate(student_logp):
+            if i == j:
+                continue
+            total = total + torch.sum(-p_t * logp_s, dim=-1).mean()
+            pairs += 1
+    return total / pairs
+
+
+def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float, distributed: bool = False) -> Tensor:
+    """sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2 with C = bn(z1)^T bn(z2) / N.
+
+    With `distributed=True` the batch statistics and C are all-reduced (with gradients) across the
+    process group, so the loss is the one of the global batch.
+    """
+    on_diag, off_diag = barlow_twins_terms(z1, z2, distributed)
+    return on_diag + lambd * off_diag
+
+
+def barlow_twins_terms(z1: Tensor, z2: Tensor, distributed: bool = False) -> tuple[Tensor, Tensor]:
+    """(sum_i (1 - C_ii)^2, sum_{i != j} C_ij^2): the invariance and redundancy terms, unweighted."""
+    if z1.shape != z2.shape or z1.ndim != 2:
+        raise ValueError(f"barlow_twins_loss needs two (N, D) tensors of one shape, got {tuple(z1.shape)} "
+                         f"and {tuple(z2.shape)}")
+    c = cross_correlation(z1.float(), z2.float(), distributed)  # (D, D)
+    diag = torch.diagonal(c)
+    on_diag = (1 - diag).pow(2).sum()
+    off_diag = c.pow(2).sum() - diag.pow(2).sum()
+    return on_diag, off_diag
+
+
+def cross_correlation(z1: Tensor, z2: Tensor, distributed: bool = False) -> Tensor:
+    """Cross-correlation matrix of the batch-normalized embeddings (affine-free BN, biased variance)."""
+    n = torch.tensor(float(z1.shape[0]), device=z1.device)
+    sum1, sum2 = z1.sum(0), z2.sum(0)
+    if distributed:
+        n, sum1, sum2 = _all_reduce(n), _all_reduce(sum1), _all_reduce(sum2)
+    if n < 2:
+        raise ValueError("barlow_twins_loss needs a batch of at least two samples")
+    c1, c2 = z1 - sum1 / n, z2 - sum2 / n
+    var1, var2 = c1.pow(2).sum(0), c2.pow(2).sum(0)
+    cross = c1.T @ c2  # (D, D)
+    if distributed:
+        var1, var2, cross = _all_reduce(var1), _all_reduce(var2), _all_reduce(cross)
+    eps = 1e-5  # BatchNorm1d's eps
+    std1, std2 = torch.sqrt(var1 / n + eps), torch.sqrt(var2 / n + eps)
+    return cross / n / (std1[:, None] * std2[None, :])
+
+
+def hybrid_loss(loss_dino: Tensor, loss_barlow: Tensor, w_dino: float, w_barlow: float,
+                barlow_scale: float) -> Tensor:
+    """DinoTwins: w_dino * L_dino + w_barlow * s * L_barlow.
+
+    The scale s is 1 / D (D = projector output width): L_barlow is a sum over D diagonal and D^2 - D
+    off-diagonal entries and starts near D, while L_dino starts near ln K (about 8 for K = 4096); dividing by D
+    puts both terms at order one, so the weights mean what they say.
+    """
+    return w_dino * loss_dino + w_barlow * barlow_scale * loss_barlow
+
+
+def _all_reduce(t: Tensor) -> Tensor:
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    import torch.distributed.nn.functional as dist_fn
+
+    return dist_fn.all_reduce(t)

@@ -1,0 +1,280 @@
+"""The training loop: one `Trainer` for DINO, Barlow Twins and the hybrid, on CPU, one GPU or torchrun.
+
+What it does per step: fetch a batch by index (a pure function of seed, epoch and position), build the
+multi-crop views with a generator seeded by (seed, step, rank), set every schedule from the global step,
+forward/backward under bf16 autocast where the device does bf16 fast, refuse a non-finite loss or gradient
+before the update, clip, step, EMA-update the teacher. Because every random draw is seeded from the step,
+resuming needs only the saved modules, optimizer and step: the resumed run is the uninterrupted one.
+
+What it is not: no data or loss maths (see data.py, augment.py, losses.py); I/O is limited to the run folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from dinotwins import distributed, schedules
+from dinotwins.augment import MultiCrop
+from dinotwins.checkpoint import latest_good, list_checkpoints, save_checkpoint
+from dinotwins.collapse import CollapseMonitor
+from dinotwins.config import TrainConfig, to_dict
+from dinotwins.data import EpochSampler, load_dataset
+from dinotwins.ema import ema_update
+from dinotwins.errors import TrainingStopped, UserError
+from dinotwins.export import export_backbone
+from dinotwins.model import EXPORT_NAME
+from dinotwins.objectives import SelfSupervised
+from dinotwins.runlog import RunLog
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of every random draw at one step on one rank (views, drop-path)."""
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
+
+
+def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast dtype, or None for plain fp32. 'auto': bf16 on CUDA GPUs that support it and on CPUs
+    with native bf16 matmuls (AVX512-BF16/AMX), where it is several times faster than fp32."""
+    if requested == "fp32":
+        return None
+    if requested == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else None
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def param_groups(module: torch.nn.Module) -> list[dict[str, Any]]:
+    """DINO's grouping: no weight decay on biases, norms and other 1-D parameters."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False}]
+
+
+class Trainer:
+    """Holds the run's state (modules, optimizer, step) and runs steps; `run()` trains to the end."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True):
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.dist = distributed.setup(cfg.device)
+        self.device = self.dist.device
+        self.autocast_dtype = pick_precision(cfg.precision, self.device)
+        self._prepare_out_dir(resume)
+
+        self.dataset = load_dataset(cfg.data, "train", image_size=cfg.model.image_size)
+        self.sampler = EpochSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.dist.rank,
+                                    self.dist.world_size)
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        full = math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.total_steps = min(full, cfg.max_steps) if cfg.max_steps else full
+        self.images_on_device = (self.dataset.images.to(self.device)
+                                 if self.dataset.images is not None else None)
+
+        torch.manual_seed(cfg.seed)
+        self.ssl = SelfSupervised(cfg.method, cfg.model, cfg.dino, cfg.barlow, cfg.hybrid).to(self.device)
+        student: torch.nn.Module = self.ssl.student
+        if self.dist.enabled:
+            student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+            self.ssl.student = student
+            student = DistributedDataParallel(student, device_ids=[self.device.index] if self.device.type == "cuda"
+                                              else None)
+        self.student_runner = torch.compile(student) if cfg.compile else student
+        self.teacher_runner = (torch.compile(self.ssl.teacher) if cfg.compile and self.ssl.teacher is not None
+                               else self.ssl.teacher)
+        self.optimizer = torch.optim.AdamW(param_groups(self.ssl.student), lr=0.0, betas=cfg.optim.betas,
+                                           **({"fused": True} if self.device.type == "cuda" else {"foreach": True}))
+        self.multicrop = MultiCrop(cfg.augment)
+        self.log = RunLog(self.out / "metrics.jsonl")
+        self.monitor = CollapseMonitor(cfg.dino.out_dim if self.ssl.teacher is not None else None,
+                                       self.ssl.student.backbone.num_features,
+                                       warmup_steps=max(self.total_steps // 10, 1))
+        self.step = 0
+        if resume:
+            self._resume()
+        if self.dist.is_main:
+            (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    # ----------------------------------------------------------------------------------------- schedules
+    def schedule(self, step: int) -> dict[str, float]:
+        cfg, spe = self.cfg, self.steps_per_epoch
+        warmup = min(int(cfg.optim.warmup_epochs * spe), self.total_steps // 10)
+        peak_lr = schedules.scaled_lr(cfg.optim.base_lr, cfg.batch_size * self.dist.world_size)
+        temp_warmup = min(int(cfg.dino.warmup_teacher_temp_epochs * spe), self.total_steps // 3)
+        return {
+            "lr": schedules.cosine(step, self.total_steps, peak_lr, cfg.optim.min_lr, warmup),
+            "weight_decay": schedules.cosine(step, self.total_steps, cfg.optim.weight_decay,
+                                             cfg.optim.weight_decay_end),
+            "momentum": schedules.cosine(step, self.total_steps, cfg.dino.momentum_teacher, 1.0),
+            "teacher_temp": schedules.linear_warmup(step, temp_warmup, cfg.dino.warmup_teacher_temp,
+                                                    cfg.dino.teacher_temp),
+        }
+
+    # ----------------------------------------------------------------------------------------- one step
+    def train_step(self, images: torch.Tensor, step: int) -> dict[str, float]:
+        """One optimisation step on a uint8 batch (B, C, H, W); returns the logged values."""
+        cfg = self.cfg
+        seed = step_seed(cfg.seed, step, self.dist.rank)
+        torch.manual_seed(seed)
+        global_views, local_views = self.multicrop(images, torch.Generator().manual_seed(seed))
+        values = self.schedule(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = values["lr"]
+            group["weight_decay"] = values["weight_decay"] if group["apply_wd"] else 0.0
+
+        self.ssl.student.train()
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            loss, logs = self.ssl(self.student_runner, global_views, local_views, values["teacher_temp"],
+                                  distributed=self.dist.enabled, teacher=self.teacher_runner)
+        if not torch.isfinite(loss):
+            raise TrainingStopped(f"loss is {loss.item()} at step {step}; stopped before the update "
+                                  f"(last good checkpoint kept in {self.out / CHECKPOINT_DIR}). "
+                                  f"Lower optim.base_lr or use precision fp32")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.ssl.student.parameters(), max_norm)
+        if not torch.isfinite(grad_norm):
+            raise TrainingStopped(f"gradient norm is {grad_norm.item()} at step {step}; stopped before the "
+                                  f"update (last good checkpoint kept in {self.out / CHECKPOINT_DIR})")
+        if self.ssl.student.dino_head is not None and step < cfg.dino.freeze_last_layer_epochs * self.steps_per_epoch:
+            self.ssl.student.dino_head.cancel_last_layer_gradients()
+        self.optimizer.step()
+        if self.ssl.teacher is not None:
+            ema_update(self.ssl.teacher, self._unwrapped_student_for_ema(), values["momentum"])
+        return {"loss": loss.item(), **values, "grad_norm": grad_norm.item(), **logs}
+
+    def _unwrapped_student_for_ema(self) -> torch.nn.Module:
+        # The teacher mirrors the student's backbone and DINO head, in that order; no projector.
+        student = self.ssl.student
+        return torch.nn.ModuleDict({"backbone": student.backbone, "dino_head": student.dino_head})
+
+    # ----------------------------------------------------------------------------------------- the loop
+    def batch(self, step: int) -> torch.Tensor:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        indices = self.sampler.batch_indices(epoch, position)
+        if self.images_on_device is not None:
+            return self.images_on_device[indices.to(self.device)]
+        return self.dataset.get_batch(indices).to(self.device, non_blocking=True)
+
+    def run(self) -> Path:
+        cfg = self.cfg
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
+                   desc=f"{cfg.method} on {cfg.data}", unit="step", dynamic_ncols=True)
+        images_per_step = cfg.batch_size * self.dist.world_size
+        last_time, last_step = time.perf_counter(), self.step
+        try:
+            while self.step < self.total_steps:
+                values = self.train_step(self.batch(self.step), self.step)
+                self.step += 1
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    img_per_s = images_per_step * (self.step - last_step) / max(now - last_time, 1e-9)
+                    last_time, last_step = now, self.step
+                    row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), **values,
+                           "img_per_s": round(img_per_s, 2)}
+                    self._log_row(row)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
+                                    img_s=f"{img_per_s:.1f}")
+                bar.update(1)
+                if self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                    self.save()
+            self.save()
+            self.export()
+        finally:
+            bar.close()
+        return self.out
+
+    def _log_row(self, row: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            self.log.append(row)
+        collapsed = self.monitor.update(row)
+        if collapsed:
+            message = f"collapse at step {row['step']}: " + "; ".join(sorted(collapsed))
+            if self.cfg.stop_on_collapse:
+                raise TrainingStopped(message + " (stopped: --stop-on-collapse)")
+            warnings.warn(message, stacklevel=2)
+
+    # ----------------------------------------------------------------------------------------- state I/O
+    def state(self) -> dict[str, Any]:
+        return {"step": torch.tensor(self.step), "modules": self.ssl.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def save(self) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.out / CHECKPOINT_DIR, self.step, self.state(), keep=self.cfg.keep_checkpoints)
+            self.export()
+        distributed.barrier()
+
+    def export(self) -> None:
+        if self.dist.is_main:
+            export_backbone(self.ssl.export_backbone(), self.cfg.model, self.out / EXPORT_NAME,
+                            method=self.cfg.method, data=self.cfg.data, steps=self.step,
+                            dtype=getattr(torch, self.cfg.export_dtype),
+                            extra={"total_steps": self.total_steps, "epochs": self.step / self.steps_per_epoch})
+
+    def _resume(self) -> None:
+        found = latest_good(self.out / CHECKPOINT_DIR, map_location=self.device)
+        if found is None:
+            raise UserError(f"--resume: no usable checkpoint in {self.out / CHECKPOINT_DIR}; start a new run "
+                            f"without --resume")
+        _, state = found
+        try:
+            self.ssl.load_state_dict(state["modules"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise UserError(f"--resume: checkpoint in {self.out} does not fit this config "
+                            f"({str(exc).splitlines()[0][:120]}); resume with the run's own config.yaml") from None
+        self.step = int(state["step"])
+        if self.dist.is_main:
+            self.log.truncate_after(self.step)
+
+    def _prepare_out_dir(self, resume: bool) -> None:
+        out = self.out
+        if resume:
+            if not list_checkpoints(out / CHECKPOINT_DIR):
+                raise UserError(f"--resume: {out} has no checkpoints; start a new run without --resume")
+            return
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"run directory {out} already exists and is not empty; pass --resume to continue "
+                            f"it or choose another --out")
+        if self.dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
+
+
+def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train one run to the end and return its folder (with model.safetensors)."""
+    trainer = Trainer(cfg, out, resume=resume, progress=progress)
+    try:
+        return trainer.run()
+    finally:
+        distributed.teardown()
+
+
+def default_threads() -> None:
+    """Use every core for intra-op work (torch's default can be lower in containers)."""
+    torch.set_num_threads(max(os.cpu_count() or 1, 1))
