@@ -7,6 +7,7 @@ With --resume the run's own config.yaml is the base and flags given again are ap
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: resume with --resume", file=sys.stderr)
         return 130
-    print(f"done: {out} (model: {out / 'model.safetensors'})")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"done: {out} (model: {out / 'model.safetensors'})")
     return 0
 
 

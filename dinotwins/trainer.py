@@ -82,7 +82,7 @@ class Trainer:
         self.dist = distributed.setup(cfg.device)
         self.device = self.dist.device
         self.autocast_dtype = pick_precision(cfg.precision, self.device)
-        self._prepare_out_dir(resume)
+        self._check_out_dir(resume)
 
         self.dataset = load_dataset(cfg.data, "train", image_size=cfg.model.image_size)
         self.sampler = EpochSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.dist.rank,
@@ -97,8 +97,9 @@ class Trainer:
         self.ssl = SelfSupervised(cfg.method, cfg.model, cfg.dino, cfg.barlow, cfg.hybrid).to(self.device)
         student: torch.nn.Module = self.ssl.student
         if self.dist.enabled:
-            student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
-            self.ssl.student = student
+            if self.device.type == "cuda":  # SyncBatchNorm is GPU-only; on CPU the projector's BN stays per rank
+                student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+                self.ssl.student = student
             student = DistributedDataParallel(student, device_ids=[self.device.index] if self.device.type == "cuda"
                                               else None)
         self.student_runner = torch.compile(student) if cfg.compile else student
@@ -115,6 +116,7 @@ class Trainer:
         if resume:
             self._resume()
         if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     # ----------------------------------------------------------------------------------------- schedules
@@ -252,7 +254,8 @@ class Trainer:
         if self.dist.is_main:
             self.log.truncate_after(self.step)
 
-    def _prepare_out_dir(self, resume: bool) -> None:
+    def _check_out_dir(self, resume: bool) -> None:
+        """Refuse to touch an existing run unless resuming; nothing is created until the inputs proved good."""
         out = self.out
         if resume:
             if not list_checkpoints(out / CHECKPOINT_DIR):
@@ -261,9 +264,6 @@ class Trainer:
         if out.exists() and any(out.iterdir()):
             raise UserError(f"run directory {out} already exists and is not empty; pass --resume to continue "
                             f"it or choose another --out")
-        if self.dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        distributed.barrier()
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True) -> Path:

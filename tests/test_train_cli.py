@@ -1,0 +1,84 @@
+"""train.py from the command line: runs, run folders, bad input, and torchrun with 2 CPU processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(*args, cwd=ROOT, env=None, timeout=300):
+    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_smoke_run_writes_config_metrics_checkpoint_and_export(tmp_path):
+    out = tmp_path / "run"
+    r = run_train("--method", "hybrid", "--data", "synthetic:64", "--preset", "smoke", "--out", out,
+                  "--no-progress")
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["method"] == "hybrid" and cfg["model"]["depth"] == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    for key in ("epoch", "loss", "loss_dino", "loss_barlow", "lr", "weight_decay", "momentum", "teacher_temp",
+                "img_per_s", "teacher_entropy", "kl_teacher_student", "embed_std", "barlow_on_diag",
+                "barlow_off_diag"):
+        assert key in rows[-1], key
+    assert (out / "model.safetensors").is_file()
+    assert list((out / "checkpoints").glob("step_*.pt"))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--method", "mae", "--data", "synthetic"], "invalid choice"),
+    (["--method", "dino", "--data", "imagenet:/x"], "unknown data spec"),
+    (["--method", "dino", "--data", "folder:/does/not/exist"], "/does/not/exist"),
+    (["--method", "dino", "--data", "synthetic", "--batch-size", "1"], "--batch-size"),
+    (["--method", "dino", "--data", "synthetic", "--set", "dino.nope=3"], "dino.nope"),
+    (["--method", "dino", "--data", "synthetic", "--epochs", "-1"], "--epochs"),
+    (["--method", "dino", "--data", "synthetic", "--preset", "huge"], "unknown preset"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needle):
+    out = tmp_path / "run"
+    preset = [] if "--preset" in args else ["--preset", "smoke"]
+    r = run_train(*args, *preset, "--out", out)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_an_existing_run_is_never_overwritten_without_resume(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    r = run_train("--method", "dino", "--data", "synthetic:64", "--preset", "smoke", "--out", out)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    assert (out / "precious.txt").read_text() == "keep" and len(list(out.iterdir())) == 1
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = run_train("--method", "dino", "--data", f"folder:{tmp_path / 'empty'}", "--preset", "smoke",
+                  "--out", tmp_path / "run")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_cpu_processes_trains_and_only_rank0_writes(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "train.py", "--method", "hybrid", "--data", "synthetic:64", "--preset", "smoke", "--out", str(out),
+           "--device", "cpu", "--no-progress", "--batch-size", "8"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]  # one writer: no duplicate rows
+    assert (out / "model.safetensors").is_file()
