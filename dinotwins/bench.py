@@ -73,7 +73,7 @@ def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        method=args.method, data="synthetic:64", batch_size=args.batch_size, device=args.device,
+        method=args.method, data=f"synthetic:{max(64, args.batch_size)}", batch_size=args.batch_size, device=args.device,
         precision=args.precision, compile=args.compile, max_steps=10**9, epochs=10**6, save_every=10**9,
         log_every=10**9,
         model=ModelConfig(arch=args.arch, image_size=args.img_size, patch_size=args.patch_size, embed_dim=args.dim,

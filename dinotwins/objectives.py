@@ -127,7 +127,7 @@ class SelfSupervised(nn.Module):
         if self.teacher is not None:
             with torch.no_grad():
                 self.teacher.eval()
-                teacher_logits = (teacher or self.teacher)(global_views, [])["dino"].float().chunk(n_global)
+                teacher_logits = (teacher if teacher is not None else self.teacher)(global_views, [])["dino"].float().chunk(n_global)
             student_logits = out["dino"].float().chunk(n_global + len(local_views))
             parts["dino"] = dino_loss(list(student_logits), list(teacher_logits), self.center.center,
                                       self.dino_cfg.student_temp, teacher_temp)
