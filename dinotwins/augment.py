@@ -1,14 +1,31 @@
-"""Batched multi-crop augmentation on tensors (DINO / BYOL recipe), for whole uint8 batches at once.
+"""Batched multi-crop augmentation on tensors, following DINO's recipe (Caron et al. 2021, after BYOL).
 
-What it is: `MultiCrop` turns a uint8 batch (B, C, H, W) into 2 global and N local views. Each view is one
-`affine_grid` + `grid_sample` call (random resized crop and horizontal flip for every image at once), then
-per-image color jitter (brightness, contrast, saturation, hue as a rotation in YIQ space, applied in that fixed
-order), random grayscale, gaussian blur (one grouped separable convolution with per-image kernels) and
-solarization. Every random number is drawn on the CPU from the caller's generator and only then moved to the
-images' device, so a seed gives the same views on CPU and GPU.
+What it is: `MultiCrop` turns a uint8 batch (B, C, H, W), C = 1 or 3, into 2 global and `n_local` local views.
+For every image and view at once (the views of one size are stacked into one batch, so a call runs each step
+twice: once for the global views, once for the local ones):
+1. random resized crop + horizontal flip as ONE `affine_grid` + `grid_sample` (bilinear, align_corners=False):
+   area ~ U(scale) of the image, aspect ratio log-uniform in `ratio`, the box clamped inside the image (where
+   torchvision retries and falls back to a centre crop, we shrink the box to fit: no retries, no Python loop);
+   a strong downscale is shrunk first with an antialiased resize so small views of large images do not alias;
+2. 1-channel input expanded to 3 channels;
+3. color jitter with probability `color_jitter_p`: brightness, contrast, saturation, then hue, always in that
+   fixed order (torchvision shuffles the order; we don't, to keep one code path), hue as a rotation of the
+   chroma plane in YIQ space (smooth and cheap, close to an HSV hue shift);
+4. grayscale with probability `grayscale_p` (ITU-R 601 luma);
+5. gaussian blur, a per-image sigma, one grouped separable convolution for the whole batch;
+6. solarization (x -> 1 - x where x >= 0.5), global view 2 only by default;
+7. normalization with mean / std; float32 out.
 
-What it is not: no PIL, no per-image Python loop, no dataset logic. Blur sigmas are given as DINO's values
-for 224 px crops (0.1 to 2.0) and scaled to the crop size.
+Blur sigma: DINO draws sigma in (0.1, 2.0) pixels for 224 px global crops and uses the same pixel sigma for its
+96 px local crops. We scale that range by global_size / 224 for every view, which keeps the blur the same share of
+the image as in DINO (at 32 px: sigma in (0.014, 0.29) px, so blur is mild, as it is relatively in the paper).
+
+Every random number is drawn on the CPU from the caller's `torch.Generator` (`sample_view_params`: one table of
+per-image parameters per view size) and only then moved to the images' device, in one copy: a seed gives the
+same views on CPU and GPU (equal up to float rounding), and the GPU never waits on a decision.
+
+What it is not: no PIL, no per-image Python loop, no dataset or sampling logic (see data.py). `eval_transform`
+is the deterministic resize + normalize used for evaluation and retrieval.
 """
 
 from __future__ import annotations
@@ -20,166 +37,250 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dinotwins.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass
 class AugmentConfig:
-    global_size: int = 32  # global crops; must equal the model's image size
-    local_size: int = 16  # half the global size, as 96/224 is in DINO
-    n_local: int = 6
-    global_scale: tuple[float, float] = (0.4, 1.0)  # DINO's default for ViT-S with local crops
-    local_scale: tuple[float, float] = (0.05, 0.4)
-    flip_p: float = 0.5
-    color_jitter_p: float = 0.8
-    brightness: float = 0.4
+    """The multi-crop recipe. Probabilities are per image; the triples and pairs are per view as noted."""
+
+    global_size: int = 32  # global crops; equals the model's image size
+    local_size: int = 16  # half the global size, close to DINO's 96 / 224
+    n_local: int = 6  # DINO's ViT-S recipe uses 10; 6 keeps a CPU step affordable
+    global_scale: tuple[float, float] = (0.4, 1.0)  # DINO's default with local crops (global crops keep context)
+    local_scale: tuple[float, float] = (0.05, 0.4)  # small parts of the image: the local-to-global task
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect range (log-uniform), as RandomResizedCrop
+    flip_p: float = 0.5  # left-right symmetry is a free invariance for natural images
+    color_jitter_p: float = 0.8  # BYOL / DINO: jitter most views so color alone can't match them
+    brightness: float = 0.4  # factor ~ U(1 - b, 1 + b)
     contrast: float = 0.4
     saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_p: float = 0.2
+    hue: float = 0.1  # shift ~ U(-h, h) of a full turn
+    grayscale_p: float = 0.2  # BYOL / DINO
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global view 1, global view 2, local views (BYOL)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)  # in pixels at 224 px; scaled by crop size / 224
-    solarize_p: tuple[float, float] = (0.0, 0.2)  # global view 1, global view 2
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels at 224 px; scaled by global_size / 224
+    solarize_p: tuple[float, float] = (0.0, 0.2)  # global view 1, global view 2 (BYOL's asymmetry)
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # timm ViTs are set up for ImageNet statistics
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def validate(self) -> None:
+        """UserError naming the first out-of-range field."""
+        probabilities = {"flip_p": (self.flip_p,), "color_jitter_p": (self.color_jitter_p,),
+                         "grayscale_p": (self.grayscale_p,), "blur_p": self.blur_p, "solarize_p": self.solarize_p}
+        for name, values in probabilities.items():
+            if not all(0.0 <= p <= 1.0 for p in values):
+                raise UserError(f"augment.{name} must be probabilities in [0, 1], got {values}")
+        for name in ("global_scale", "local_scale"):
+            lo, hi = getattr(self, name)
+            if not 0.0 < lo <= hi <= 1.0:
+                raise UserError(f"augment.{name} must be (min, max) with 0 < min <= max <= 1, got ({lo}, {hi})")
+        if not 0.0 < self.ratio[0] <= self.ratio[1]:
+            raise UserError(f"augment.ratio must be (min, max) with 0 < min <= max, got {self.ratio}")
+        if self.global_size < 1 or self.local_size < 1 or self.n_local < 0:
+            raise UserError(f"augment sizes must be positive and n_local >= 0, got global_size {self.global_size}, "
+                            f"local_size {self.local_size}, n_local {self.n_local}")
+        if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise UserError(f"augment.blur_sigma must be (min, max) with 0 < min <= max, got {self.blur_sigma}")
+        if min(self.brightness, self.contrast, self.saturation) < 0 or not 0 <= self.hue <= 0.5:
+            raise UserError("augment brightness, contrast and saturation must be >= 0 and hue in [0, 0.5]")
+
+
+# Columns of the per-image parameter table made by `sample_view_params` (booleans are 0.0 / 1.0).
+(BOX_CX, BOX_CY, BOX_W, BOX_H, FLIP, JITTER, BRIGHTNESS, CONTRAST, SATURATION, HUE, GRAY, SIGMA, BLUR,
+ SOLARIZE) = range(14)
+N_PARAMS = 14
 
 
 class MultiCrop:
+    """Callable: uint8 batch -> (global views, local views), the random parameters drawn from a CPU generator.
+    Views of one size are made together, stacked view-major (row v * B + b is view v of image b)."""
+
     def __init__(self, cfg: AugmentConfig):
+        cfg.validate()
         self.cfg = cfg
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> tuple[list[Tensor], list[Tensor]]:
-        """uint8 (B, C, H, W), C in {1, 3} -> (2 global views (B,3,G,G), n_local views (B,3,L,L)), normalized."""
+        """uint8 (B, C, H, W), C in {1, 3}, any device -> (2 x float (B, 3, G, G), n_local x float (B, 3, L, L)),
+        normalized, on the images' device."""
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"MultiCrop expects (B, 1 or 3, H, W) images, got shape {tuple(images.shape)}")
         cfg = self.cfg
         x = images.float().div_(255.0)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        global_views = [
-            self.view(x, cfg.global_size, cfg.global_scale, cfg.blur_p[i], cfg.solarize_p[i], generator)
-            for i in range(2)
-        ]
-        local_views = [self.view(x, cfg.local_size, cfg.local_scale, cfg.blur_p[2], 0.0, generator)
-                       for _ in range(cfg.n_local)]
-        return global_views, local_views
+        global_views = self.views(x, cfg.global_size, cfg.global_scale, cfg.blur_p[:2], cfg.solarize_p, generator)
+        if cfg.n_local == 0:
+            return list(global_views.chunk(2)), []
+        local_views = self.views(x, cfg.local_size, cfg.local_scale, (cfg.blur_p[2],) * cfg.n_local,
+                                 (0.0,) * cfg.n_local, generator)
+        return list(global_views.chunk(2)), list(local_views.chunk(cfg.n_local))
 
-    def view(self, x: Tensor, size: int, scale: tuple[float, float], blur_p: float, solarize_p: float,
-             generator: torch.Generator) -> Tensor:
-        cfg, batch, device = self.cfg, x.shape[0], x.device
+    def views(self, x: Tensor, size: int, scale: tuple[float, float], blur_p: tuple[float, ...],
+              solarize_p: tuple[float, ...], generator: torch.Generator) -> Tensor:
+        """len(blur_p) views of float images x (B, C, H, W) in [0, 1], with those blur and solarize
+        probabilities: float (V * B, 3, size, size), normalized."""
+        cfg = self.cfg
+        batch, _, height, width = x.shape
+        table = sample_view_params(cfg, batch, height, width, scale, blur_p, solarize_p, generator)  # (V*B, 14)
+        # Decided on the CPU so a GPU never waits: the antialias factor, the blur radius, which steps run at all.
+        downscale = int(min(width * float(table[:, BOX_W].min()), height * float(table[:, BOX_H].min())) // size)
+        radius = blur_radius(table[:, SIGMA])
+        runs = {column: bool(table[:, column].any()) for column in (JITTER, GRAY, BLUR, SOLARIZE)}
+        table = table.to(x.device)
 
-        def draw(*shape: int) -> Tensor:
-            return torch.rand(*shape, generator=generator).to(device)
+        def chosen(column: int) -> Tensor:
+            return table[:, column] > 0.5
 
-        out = resized_crop(x, size, crop_boxes(batch, x.shape[-2], x.shape[-1], scale, generator).to(device),
-                           draw(batch) < cfg.flip_p)
-        jitter = draw(batch) < cfg.color_jitter_p
-        factors = 1 + (2 * draw(batch, 3) - 1) * torch.tensor([cfg.brightness, cfg.contrast, cfg.saturation],
-                                                              device=device)
-        hue_shift = (2 * draw(batch) - 1) * cfg.hue
-        out = torch.where(jitter[:, None, None, None], color_jitter(out, factors, hue_shift), out)
-        out = torch.where((draw(batch) < cfg.grayscale_p)[:, None, None, None],
-                          grayscale(out).expand(-1, 3, -1, -1), out)
-        sigma_lo, sigma_hi = (s * size / 224 for s in cfg.blur_sigma)
-        sigma = sigma_lo + draw(batch) * (sigma_hi - sigma_lo)
-        blur = draw(batch) < blur_p
-        if blur_p > 0 and blur.any():
-            out = torch.where(blur[:, None, None, None], gaussian_blur(out, sigma), out)
-        if solarize_p > 0:
-            out = torch.where((draw(batch) < solarize_p)[:, None, None, None], solarize(out), out)
-        mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
-        return (out - mean) / std
+        out = resized_crop(x, size, table[:, BOX_CX:BOX_H + 1], chosen(FLIP), downscale)
+        out = out.expand(-1, 3, -1, -1)  # (V*B, 3, size, size); a no-op for RGB
+        if runs[JITTER]:
+            out = _where(chosen(JITTER), color_jitter(out, table[:, BRIGHTNESS:SATURATION + 1], table[:, HUE]), out)
+        if runs[GRAY]:
+            out = _where(chosen(GRAY), grayscale(out).expand(-1, 3, -1, -1), out)
+        if runs[BLUR]:
+            out = _where(chosen(BLUR), gaussian_blur(out, table[:, SIGMA], radius), out)
+        if runs[SOLARIZE]:
+            out = _where(chosen(SOLARIZE), solarize(out), out)
+        return normalize(out, cfg.mean, cfg.std)
 
 
-def crop_boxes(batch: int, height: int, width: int, scale: tuple[float, float],
-               generator: torch.Generator) -> Tensor:
-    """(B, 4) crop boxes (cx, cy, w, h) in [0, 1] image units: area ~ U(scale), log-uniform aspect in
-    (3/4, 4/3), placed uniformly inside the image."""
-    area = scale[0] + torch.rand(batch, generator=generator) * (scale[1] - scale[0])
-    log_ratio = math.log(3 / 4) + torch.rand(batch, generator=generator) * (math.log(4 / 3) - math.log(3 / 4))
-    ratio = torch.exp(log_ratio) * height / width  # aspect of the crop in pixels -> in unit coordinates
-    w = torch.sqrt(area * ratio).clamp(max=1.0)
-    h = torch.sqrt(area / ratio).clamp(max=1.0)
-    cx = w / 2 + torch.rand(batch, generator=generator) * (1 - w)
-    cy = h / 2 + torch.rand(batch, generator=generator) * (1 - h)
+def sample_view_params(cfg: AugmentConfig, batch: int, height: int, width: int, scale: tuple[float, float],
+                       blur_p: tuple[float, ...], solarize_p: tuple[float, ...],
+                       generator: torch.Generator) -> Tensor:
+    """(V * B, 14) CPU table of every random choice for V = len(blur_p) views of B images of H x W (columns BOX_CX
+    ... SOLARIZE above), view-major. All of it comes from one (V * B, 14) uniform draw from `generator`."""
+    views = len(blur_p)
+    uniform = torch.rand(views * batch, N_PARAMS, generator=generator)
+    per_row = torch.tensor([blur_p, solarize_p], dtype=torch.float32).repeat_interleave(batch, dim=1)  # (2, V*B)
+    lo, hi = (s * cfg.global_size / 224 for s in cfg.blur_sigma)
+    spread = torch.tensor([cfg.brightness, cfg.contrast, cfg.saturation])
+    table = torch.empty_like(uniform)
+    table[:, BOX_CX:BOX_H + 1] = crop_boxes(uniform[:, BOX_CX:BOX_H + 1], height, width, scale, cfg.ratio)
+    table[:, FLIP] = (uniform[:, FLIP] < cfg.flip_p).float()
+    table[:, JITTER] = (uniform[:, JITTER] < cfg.color_jitter_p).float()
+    table[:, BRIGHTNESS:SATURATION + 1] = (1 + (2 * uniform[:, BRIGHTNESS:SATURATION + 1] - 1) * spread).clamp(min=0)
+    table[:, HUE] = (2 * uniform[:, HUE] - 1) * cfg.hue  # turns
+    table[:, GRAY] = (uniform[:, GRAY] < cfg.grayscale_p).float()
+    table[:, SIGMA] = lo + uniform[:, SIGMA] * (hi - lo)  # pixels
+    table[:, BLUR] = (uniform[:, BLUR] < per_row[0]).float()
+    table[:, SOLARIZE] = (uniform[:, SOLARIZE] < per_row[1]).float()
+    return table
+
+
+def _where(chosen: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Per image: a where chosen (N,) else b."""
+    return torch.where(chosen[:, None, None, None], a, b)
+
+
+def crop_boxes(uniform: Tensor, height: int, width: int, scale: tuple[float, float],
+               ratio: tuple[float, float]) -> Tensor:
+    """(N, 4) crop boxes (cx, cy, w, h) in image units [0, 1] from (N, 4) U(0, 1) draws: area ~ U(scale),
+    pixel aspect w/h log-uniform in `ratio`, sides clamped to the image, centre uniform where the box fits."""
+    area = scale[0] + uniform[:, 0] * (scale[1] - scale[0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + uniform[:, 1] * (log_hi - log_lo)) * (height / width)  # w/h in image units
+    w = torch.sqrt(area * aspect).clamp(max=1.0)
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = w / 2 + uniform[:, 2] * (1 - w)
+    cy = h / 2 + uniform[:, 3] * (1 - h)
     return torch.stack([cx, cy, w, h], dim=1)
 
 
-def resized_crop(x: Tensor, size: int, boxes: Tensor, flip: Tensor) -> Tensor:
-    """Crop every image to its box and resize to size x size (bilinear), flipping where `flip` is set."""
+def resized_crop(x: Tensor, size: int, boxes: Tensor, flip: Tensor, downscale: int = 1) -> Tensor:
+    """V views of each image of x (B, C, H, W): boxes (V * B, 4) and flip (V * B,), view-major, give float
+    (V * B, C, size, size), each box resized bilinearly, mirrored left-right where flip is set. One affine grid
+    and one grid_sample for all views: the V grids of an image are stacked along the output's height, so x is
+    never copied V times. With downscale >= 2 (every box at least that many times the output) x is first shrunk
+    by that factor with an antialiased resize, as PIL filters a strong downscale; boxes are fractions of the
+    image, so the grids need no change."""
+    batch, channels = x.shape[:2]
+    views = boxes.shape[0] // batch
     cx, cy, w, h = boxes.unbind(1)
-    sign = 1 - 2 * flip.float()
-    theta = torch.zeros(x.shape[0], 2, 3, device=x.device)
-    theta[:, 0, 0] = w * sign
+    theta = torch.zeros(views * batch, 2, 3, device=x.device, dtype=x.dtype)  # output [-1, 1] -> input [-1, 1]
+    theta[:, 0, 0] = torch.where(flip, -w, w)
     theta[:, 0, 2] = 2 * cx - 1
     theta[:, 1, 1] = h
     theta[:, 1, 2] = 2 * cy - 1
-    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
-    # Antialias a strong downscale first, as PIL's resize does, so small crops don't alias.
-    factor = int(min(x.shape[-1] * w.min().item(), x.shape[-2] * h.min().item()) // (2 * size))
-    if factor >= 2:
-        x = F.avg_pool2d(x, factor)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    grid = F.affine_grid(theta, [views * batch, channels, size, size], align_corners=False)  # (V*B, S, S, 2)
+    grid = grid.view(views, batch, size, size, 2).transpose(0, 1).reshape(batch, views * size, size, 2)
+    if downscale >= 2:
+        x = F.interpolate(x, size=(x.shape[-2] // downscale, x.shape[-1] // downscale), mode="bilinear",
+                          align_corners=False, antialias=True)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # (B, C, V*S, S)
+    return out.view(batch, channels, views, size, size).permute(2, 0, 1, 3, 4).reshape(-1, channels, size, size)
 
 
 def grayscale(x: Tensor) -> Tensor:
-    """ITU-R 601 luma, (B, 3, H, W) -> (B, 1, H, W)."""
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    """ITU-R 601 luma: (B, 3, H, W) -> (B, 1, H, W)."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def color_jitter(x: Tensor, factors: Tensor, hue_shift: Tensor) -> Tensor:
-    """Brightness, contrast, saturation (factors (B, 3)) then a hue rotation (fraction of a turn, (B,))."""
-    b, c, s = (factors[:, i].view(-1, 1, 1, 1) for i in range(3))
-    x = (x * b).clamp(0, 1)
+    """Brightness, contrast, saturation by factors (B, 3), then a hue rotation by hue_shift (B,) turns; in [0, 1].
+    Contrast blends with the image's mean luma and saturation with each pixel's luma, as torchvision does."""
+    brightness, contrast, saturation = (factors[:, i].view(-1, 1, 1, 1) for i in range(3))
+    x = (x * brightness).clamp(0, 1)
     mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - mean) * c + mean).clamp(0, 1)
-    gray = grayscale(x)
-    x = ((x - gray) * s + gray).clamp(0, 1)
+    x = ((x - mean) * contrast + mean).clamp(0, 1)
+    luma = grayscale(x)
+    x = ((x - luma) * saturation + luma).clamp(0, 1)
     return rotate_hue(x, hue_shift)
 
 
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                           dtype=torch.float64)
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
 def rotate_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """Rotate chroma in YIQ space by 2*pi*shift per image: a fast, smooth stand-in for HSV hue shifting."""
-    to_yiq = _RGB_TO_YIQ.to(x.device)
-    to_rgb = torch.linalg.inv(to_yiq)
-    angle = 2 * math.pi * shift
+    """Rotate each image's chroma (I, Q) by 2 pi shift (B,) radians in YIQ space; luma is kept; in [0, 1]."""
+    angle = 2 * math.pi * shift.to(torch.float64)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    rot = torch.zeros(x.shape[0], 3, 3, device=x.device)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    matrix = to_rgb @ rot @ to_yiq  # (B, 3, 3)
+    zero, one = torch.zeros_like(angle), torch.ones_like(angle)
+    rotation = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], dim=1).view(-1, 3, 3)
+    matrix = (_YIQ_TO_RGB.to(x.device) @ rotation @ _RGB_TO_YIQ.to(x.device)).to(x.dtype)  # (B, 3, 3)
     return torch.einsum("bij,bjhw->bihw", matrix, x).clamp(0, 1)
 
 
-def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
-    """Per-image gaussian blur with std `sigma` (B,) pixels, as one grouped separable convolution."""
+def blur_radius(sigma: Tensor) -> int:
+    """Kernel radius covering 3 standard deviations of the widest blur in sigma (B,) pixels, at least 1."""
+    return max(math.ceil(3 * float(sigma.max())), 1)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, radius: int | None = None) -> Tensor:
+    """Blur each image of x (B, C, H, W) with its own std sigma (B,) in pixels (kernel radius: `blur_radius`
+    unless given): one grouped separable convolution for the whole batch, edges reflected."""
     batch, channels, height, width = x.shape
-    radius = max(int(math.ceil(2 * sigma.max().item())), 1)
+    radius = blur_radius(sigma) if radius is None else radius
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-offsets[None, :] ** 2 / (2 * sigma[:, None] ** 2))
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (B, K)
-    kernel = kernel.repeat_interleave(channels, dim=0)  # (B*C, K)
+    kernel = torch.exp(-offsets[None, :] ** 2 / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))  # (B, K)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B*C, K)
     flat = x.reshape(1, batch * channels, height, width)
-    flat = F.pad(flat, (radius, radius, radius, radius), mode="reflect" if radius < min(height, width) else
-                 "replicate")
-    flat = F.conv2d(flat, kernel[:, None, None, :], groups=batch * channels)
-    flat = F.conv2d(flat, kernel[:, None, :, None], groups=batch * channels)
-    return flat.reshape(batch, channels, height, width)
+    mode = "reflect" if radius < min(height, width) else "replicate"
+    flat = F.pad(flat, (radius, radius, radius, radius), mode=mode)
+    flat = F.conv2d(flat, kernel[:, None, None, :], groups=batch * channels)  # along width
+    flat = F.conv2d(flat, kernel[:, None, :, None], groups=batch * channels)  # along height
+    return flat.view(batch, channels, height, width)
 
 
 def solarize(x: Tensor, threshold: float = 0.5) -> Tensor:
+    """Invert values at or above threshold (PIL's ImageOps.solarize at 128 on uint8 images)."""
     return torch.where(x >= threshold, 1 - x, x)
 
 
-def eval_transform(images: Tensor, size: int, mean: tuple[float, ...] = AugmentConfig.mean,
-                   std: tuple[float, ...] = AugmentConfig.std) -> Tensor:
-    """uint8 (B, C, H, W) -> float (B, 3, size, size): resize (bilinear, antialiased), 1 -> 3 channels,
-    normalize. The deterministic transform for evaluation and retrieval galleries."""
+def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """(x - mean) / std per channel, x (B, 3, H, W)."""
+    mean_t = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def eval_transform(images: Tensor, size: int, mean: tuple[float, ...] = IMAGENET_MEAN,
+                   std: tuple[float, ...] = IMAGENET_STD) -> Tensor:
+    """uint8 (B, C, H, W), C in {1, 3} -> float (B, 3, size, size): bilinear resize (antialiased when shrinking),
+    1 -> 3 channels, normalized. The deterministic transform for evaluation and retrieval galleries."""
     x = images.float() / 255.0
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
+    return normalize(x.expand(-1, 3, -1, -1), mean, std)
