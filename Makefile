@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup data test test-fast demo bench bench-app clean
 
 setup: $(STAMP) data
 
@@ -36,6 +36,9 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m dinotwins.bench
+
+bench-app: setup
+	$(BIN)/python -m app.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,9 +5,10 @@ overrides a small-data run needs, always with `dynamic_img_size=True` so that 32
 local crops pass through the same network. `last_layer_attention` returns the per-head CLS-to-patch softmax
 weights of the final block.
 
-What it is not: no custom transformer. Training keeps timm's fused scaled-dot-product attention (which never
-materialises the weights); the attention maps are recomputed from the last block's own q/k projections on
-demand, so asking for maps never slows training or changes the forward pass.
+What it is not: no custom transformer. `set_fused_attention` only picks between timm's two code paths for the
+same maths (fused scaled-dot-product attention, which never materialises the weights, or explicit
+softmax(q k^T) v); the attention maps are recomputed from the last block's own q/k projections on demand, so
+asking for maps never slows training or changes the forward pass.
 """
 
 from __future__ import annotations
@@ -62,6 +63,22 @@ def create_backbone(cfg: ModelConfig) -> VisionTransformer:
     if not isinstance(model, VisionTransformer):
         raise UserError(f"{cfg.arch!r} is not a VisionTransformer; use a timm ViT name")
     return model
+
+
+def set_fused_attention(model: torch.nn.Module, fused: bool) -> int:
+    """Switch every timm attention module under `model` to the fused (SDPA) or explicit path; returns how many
+    modules were switched. Both compute softmax(q k^T * scale) v; they differ only in speed per device."""
+    switched = 0
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = fused
+            switched += 1
+    return switched
+
+
+def fused_attention_for(requested: str, device: torch.device) -> bool:
+    """`auto` -> fused on CUDA, explicit elsewhere; `fused`/`explicit` as asked."""
+    return device.type == "cuda" if requested == "auto" else requested == "fused"
 
 
 def embed(model: VisionTransformer, x: Tensor) -> Tensor:

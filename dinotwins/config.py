@@ -47,6 +47,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 where the device does it fast) | bf16 | fp32
     compile: bool = False  # torch.compile the student and teacher (pays on GPU)
+    # auto: fused scaled-dot-product attention on GPU, explicit softmax(q k^T) v on CPU, where torch's fused CPU
+    # kernel is ~1.6x slower end to end for ViT-sized token counts (see README, Performance). Same maths.
+    attention: str = "auto"  # auto | fused | explicit
     save_every: int = 500  # steps between resumable checkpoints
     log_every: int = 10  # steps between metrics.jsonl rows
     keep_checkpoints: int = 2  # resumable checkpoints kept, newest first
@@ -71,6 +74,8 @@ class TrainConfig:
             (self.keep_checkpoints >= 2, f"keep_checkpoints must be at least 2, got {self.keep_checkpoints}"),
             (self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}"),
             (self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {self.precision!r}"),
+            (self.attention in ("auto", "fused", "explicit"),
+             f"attention must be auto, fused or explicit, got {self.attention!r}"),
             (self.export_dtype in ("float32", "float16"), f"export_dtype must be float32 or float16, got {self.export_dtype!r}"),
             (self.optim.base_lr > 0, f"optim.base_lr must be positive, got {self.optim.base_lr}"),
             (0 <= self.dino.momentum_teacher <= 1, f"dino.momentum_teacher must be in [0, 1], got {self.dino.momentum_teacher}"),

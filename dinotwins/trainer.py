@@ -11,6 +11,7 @@ What it is not: no data or loss maths (see data.py, augment.py, losses.py); I/O 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from dinotwins import distributed, schedules
 from dinotwins.augment import MultiCrop
+from dinotwins.backbone import fused_attention_for, set_fused_attention
 from dinotwins.checkpoint import latest_good, list_checkpoints, save_checkpoint
 from dinotwins.collapse import CollapseMonitor
 from dinotwins.config import TrainConfig, to_dict
@@ -40,8 +42,10 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
-    """Seed of every random draw at one step on one rank (views, drop-path)."""
-    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
+    """Seed of every random draw at one step on one rank (views, drop-path): a 32-bit hash of the three numbers,
+    because torch's CPU generator keeps only the low 32 bits of a seed."""
+    digest = hashlib.blake2b(f"{seed}:{step}:{rank}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
 
 
 def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
@@ -102,6 +106,7 @@ class Trainer:
                 self.ssl.student = student
             student = DistributedDataParallel(student, device_ids=[self.device.index] if self.device.type == "cuda"
                                               else None)
+        set_fused_attention(self.ssl, fused_attention_for(cfg.attention, self.device))
         self.student_runner = torch.compile(student) if cfg.compile else student
         self.teacher_runner = (torch.compile(self.ssl.teacher) if cfg.compile and self.ssl.teacher is not None
                                else self.ssl.teacher)

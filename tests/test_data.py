@@ -3,7 +3,6 @@
 import gzip
 import pickle
 import struct
-import time
 from pathlib import Path
 
 import numpy as np
@@ -352,11 +351,9 @@ def test_fashion_mnist_uses_the_torchvision_download_when_nothing_else_has_it(tm
     assert len(load_dataset("fashion-mnist", "test")) == 4
 
 
-@pytest.mark.skipif(not data.FASHION_MNIST_SYSTEM.is_dir(), reason="Debian's dataset-fashion-mnist not installed")
-def test_fashion_mnist_default_loads_60000_train_and_10000_test_images_quickly():
-    start = time.perf_counter()
+def test_fashion_mnist_default_loads_60000_train_and_10000_test_images():
+    assert data.FASHION_MNIST_SYSTEM.is_dir(), "Debian's dataset-fashion-mnist is missing: run `make setup` as root"
     train = load_dataset("fashion-mnist", "train")
-    assert time.perf_counter() - start < 2.0
     assert train.images.shape == (60000, 1, 28, 28) and torch.bincount(train.labels).tolist() == [6000] * 10
     assert train.describe() == "fashion-mnist train: 60000 images 1x28x28, 10 classes"
     assert len(load_dataset("fashion-mnist", "test")) == 10000

@@ -1,0 +1,69 @@
+"""`python -m app [MODEL ...] [--gallery SPEC] [--host 127.0.0.1] [--port 7860] [--share]`.
+
+MODEL: anything `dinotwins.load_model` takes (run dir, exported .safetensors, official DINO .pth), mixed freely.
+No MODEL: the demo models under assets/models/, or smoke-trained stand-ins (with a notice in the app).
+No --gallery: Fashion-MNIST's test split when present, else the synthetic dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dinotwins.errors import UserError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see python -m app --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m app", description="DinoTwins Explorer: attention, retrieval and "
+                      "embeddings of self-supervised ViTs, side by side.")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="run dir, exported .safetensors or official DINO .pth (default: the demo models)")
+    p.add_argument("--gallery", metavar="SPEC", help="fashion-mnist[:PATH] | cifar10:PATH | folder:PATH | "
+                   "synthetic[:N] (default: Fashion-MNIST test when present, else synthetic)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    p.add_argument("--cache-dir", help="cache of embeddings/indexes/layouts (default $DINOTWINS_CACHE or "
+                   "~/.cache/dinotwins/app)")
+    p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        for spec in args.models:  # the cheap check first: no torch import to learn of a typo
+            if not Path(spec).expanduser().exists():
+                raise UserError(f"model {spec} does not exist; pass a run directory, a .safetensors or a .pth file")
+        from app.cache import ArtifactCache  # heavy imports after the cheap argument checks
+        from app.gallery import gallery_size, load_gallery
+        from app.models import ModelCache, default_model_specs
+        from app.ui import build_app, launch_options
+
+        cache = ArtifactCache(Path(args.cache_dir).expanduser() if args.cache_dir else None)
+        notices = []
+        specs = args.models
+        if not specs:
+            specs, notice = default_model_specs(cache.root)
+            notices.append(notice)
+        entries = ModelCache(device=args.device).entries(specs)
+        gallery, notice = load_gallery(args.gallery, gallery_size([e.model.image_size for e in entries]))
+        notices.append(notice)
+        print(f"models: {', '.join(e.label for e in entries)}; gallery: {gallery.spec} ({len(gallery)} images); "
+              f"cache: {cache.root}", flush=True)
+        demo = build_app(entries, gallery, cache=cache, notice=" ".join(n for n in notices if n))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    demo.launch(**launch_options(args.host, args.port, args.share))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

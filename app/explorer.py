@@ -1,0 +1,189 @@
+"""The app's shared state: its models, its gallery, and what is derived from them (embeddings, FAISS indexes,
+scores, UMAP layouts), each computed once, on first use, and kept in memory and in the on-disk cache.
+
+One `Explorer` per built app (no module globals). Handlers for every tab take it as their first argument.
+Work is serialized by a lock (one for embeddings/indexes/scores, one for the long UMAP work): two browser tabs
+asking for the same embeddings compute them once.
+`progress(fraction, desc=...)` callbacks (gr.Progress fits) report first-time work.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import faiss
+import numpy as np
+from PIL import Image
+
+from app import projection, scores
+from app.cache import ArtifactCache, cache_key
+from app.gallery import Gallery
+from app.models import ModelEntry
+from app.retrieval import Neighbours, build_index, l2_normalize, precision_at_k, search
+
+Progress = Callable[..., None]
+EMBED_BATCH = 256
+
+
+def no_progress(*_args, **_kwargs) -> None:
+    return None
+
+
+def _share(progress: Progress, part: int, parts: int) -> Progress:
+    """Progress of part `part` of `parts`, reported as a share of the whole."""
+    def report(fraction: float, desc: str = "") -> None:
+        progress((part + fraction) / parts, desc=desc)
+    return report
+
+
+@dataclass
+class Projection:
+    """Aligned 2-D layouts of one subsample, with per-model scores."""
+
+    indices: np.ndarray  # (n,) gallery indices
+    layouts: list[np.ndarray]  # per model (n, 2), aligned to the first
+    knn: list[float | None]  # leave-one-out k-NN accuracy on the whole gallery
+    silhouette: list[float | None]  # cosine silhouette of the subsample's embeddings
+
+
+@dataclass
+class Explorer:
+    entries: list[ModelEntry]
+    gallery: Gallery
+    cache: ArtifactCache
+    umap_points: int = projection.UMAP_POINTS
+    umap_epochs: int | None = None  # None: UMAP's default (200 epochs for > 10k points, else 500)
+    seed: int = projection.SEED
+    _embeddings: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _indexes: dict[int, faiss.Index] = field(default_factory=dict, repr=False)
+    _scores: dict[int, dict] = field(default_factory=dict, repr=False)
+    _projection: Projection | None = field(default=None, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # embeddings, indexes, scores
+    _projection_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # UMAP: long, apart
+
+    @property
+    def labels(self) -> list[str]:
+        return [e.label for e in self.entries]
+
+    def key(self, i: int) -> str:
+        """Cache key of model i on this gallery: weights, gallery pixels and labels, preprocessing."""
+        m = self.entries[i].model
+        preprocessing = {"resize": "pil-bicubic-square", "image_size": m.image_size, "mean": list(m.mean),
+                         "std": list(m.std), "gallery_size": self.gallery.size}
+        return cache_key(weights=m.weights_hash, gallery=self.gallery.key, gallery_spec=self.gallery.spec,
+                         preprocessing=preprocessing)
+
+    # ----------------------------------------------------------------------------------------- embeddings
+    def embed_images(self, i: int, images: list[Image.Image]) -> np.ndarray:
+        """(len(images), D) L2-normalized embeddings by model i."""
+        model = self.entries[i].model
+        return l2_normalize(model.embed(model.preprocess(images)).cpu().numpy())
+
+    def embeddings(self, i: int, progress: Progress = no_progress) -> np.ndarray:
+        """(N, D) L2-normalized float32 embeddings of the whole gallery by model i."""
+        with self._lock:
+            if i in self._embeddings:
+                return self._embeddings[i]
+            key, n, dim = self.key(i), len(self.gallery), self.entries[i].model.embed_dim
+            array = self.cache.load_array(key, "embeddings.npy", shape=(n, dim), dtype=np.float32)
+            if array is None:
+                array = self._compute_embeddings(i, progress)
+                self.cache.save_array(key, "embeddings.npy", array)
+            self._embeddings[i] = array
+            return array
+
+    def _compute_embeddings(self, i: int, progress: Progress) -> np.ndarray:
+        n, label = len(self.gallery), self.entries[i].label
+        parts = []
+        for start in range(0, n, EMBED_BATCH):
+            progress(start / n, desc=f"embedding the gallery with {label} ({start}/{n})")
+            batch = [self.gallery.image(j) for j in range(start, min(start + EMBED_BATCH, n))]
+            parts.append(self.embed_images(i, batch))
+        return np.concatenate(parts).astype(np.float32)
+
+    def index(self, i: int, progress: Progress = no_progress) -> faiss.Index:
+        """Exact cosine (inner-product) FAISS index over model i's gallery embeddings."""
+        with self._lock:
+            if i in self._indexes:
+                return self._indexes[i]
+            embeddings = self.embeddings(i, progress)
+            key = self.key(i)
+            index = self.cache.load_index(key, "index.faiss", ntotal=len(embeddings), dim=embeddings.shape[1])
+            if index is None:
+                index = build_index(embeddings)
+                self.cache.save_index(key, "index.faiss", index)
+            self._indexes[i] = index
+            return index
+
+    def prepare(self, progress: Progress = no_progress) -> None:
+        """Embeddings and indexes of every model (what retrieval needs), with progress."""
+        for i in range(len(self.entries)):
+            self.index(i, _share(progress, i, len(self.entries)))
+
+    # ----------------------------------------------------------------------------------------- retrieval
+    def neighbours(self, image: Image.Image | None, k: int, query_index: int | None = None,
+                   query_label: int | None = None, progress: Progress = no_progress) -> list[Neighbours]:
+        """Each model's top-k. A gallery query (query_index) uses its cached embedding and label and is left
+        out of its own list; an uploaded query uses `query_label` (None: no precision)."""
+        if query_index is not None:
+            query_label = int(self.gallery.labels[query_index]) if self.gallery.labels is not None else None
+        results = []
+        for i, entry in enumerate(self.entries):
+            index = self.index(i, _share(progress, i, len(self.entries)))
+            if query_index is not None:
+                query = self.embeddings(i)[query_index:query_index + 1]
+            else:
+                query = self.embed_images(i, [image])
+            sims, ids = search(index, query, k, exclude=query_index)
+            precision = None
+            if query_label is not None and self.gallery.labels is not None:
+                precision = precision_at_k(self.gallery.labels[ids[0]], query_label)
+            results.append(Neighbours(entry.label, ids[0], sims[0], precision))
+        return results
+
+    # ----------------------------------------------------------------------------------------- projection
+    def scores(self, i: int, indices: np.ndarray, progress: Progress = no_progress) -> dict:
+        """{'knn': LOO k-NN accuracy, 'silhouette': on the subsample}; None values without labels."""
+        with self._lock:
+            if i in self._scores:
+                return self._scores[i]
+            name = f"scores-n{len(indices)}-s{self.seed}.json"
+            key = self.key(i)
+            value = self.cache.load_json(key, name)
+            if value is None or set(value) != {"knn", "silhouette"}:
+                value = {"knn": None, "silhouette": None}
+                if self.gallery.labels is not None:
+                    embeddings = self.embeddings(i, progress)
+                    progress(0.0, desc=f"k-NN accuracy of {self.entries[i].label}")
+                    value["knn"] = scores.knn_accuracy_leave_one_out(self.index(i), embeddings, self.gallery.labels)
+                    value["silhouette"] = scores.silhouette(embeddings[indices], self.gallery.labels[indices])
+                self.cache.save_json(key, name, value)
+            self._scores[i] = {k: (None if v is None else float(v)) for k, v in value.items()}
+            return self._scores[i]
+
+    def projection(self, progress: Progress = no_progress) -> Projection:
+        """Aligned UMAP layouts of the seeded subsample for every model, and their scores. Holds its own lock, so
+        retrieval keeps answering while a first-time UMAP runs."""
+        with self._projection_lock:
+            if self._projection is not None:
+                return self._projection
+            indices = projection.subsample(len(self.gallery), self.umap_points, self.seed)
+            name = f"umap-n{len(indices)}-s{self.seed}-e{self.umap_epochs or 'auto'}.npy"
+            layouts, knn, silhouette = [], [], []
+            for i, entry in enumerate(self.entries):
+                step = _share(progress, i, len(self.entries))
+                key = self.key(i)
+                layout = self.cache.load_array(key, name, shape=(len(indices), 2), dtype=np.float32)
+                if layout is None:
+                    embeddings = self.embeddings(i, _share(step, 0, 2))
+                    step(0.5, desc=f"UMAP of {len(indices)} images for {entry.label} (first time only)")
+                    layout = projection.umap_2d(embeddings[indices], seed=self.seed, n_epochs=self.umap_epochs)
+                    self.cache.save_array(key, name, layout)
+                layouts.append(layout)
+                value = self.scores(i, indices, step)
+                knn.append(value["knn"])
+                silhouette.append(value["silhouette"])
+            self._projection = Projection(indices, projection.align_layouts(layouts), knn, silhouette)
+            return self._projection

@@ -1,0 +1,114 @@
+"""The gallery: the labelled images the app retrieves from and projects, held decoded in memory.
+
+Built from any `dinotwins.data.load_dataset` spec, its test split (`synthetic:N` has N // 4 test images, at
+least 64). With no spec: Fashion-MNIST's test split (10k) when it is on this machine, else `synthetic` (1024). `key` is a hash of the pixels and labels, so cached
+embeddings follow the images themselves, not just the spec's text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dinotwins.errors import UserError
+
+DEFAULT_SPEC = "fashion-mnist"
+FALLBACK_SPEC = "synthetic"
+MAX_GALLERY = 50_000  # images kept (a seeded subsample beyond this): 50k x 96 px RGB is 1.4 GB
+MAX_SIZE = 96  # gallery pixels per side at most; models with larger inputs upsample (see gallery_size)
+
+
+@dataclass(frozen=True, eq=False)
+class Gallery:
+    spec: str
+    images: np.ndarray  # uint8 (N, S, S, C), C = 1 or 3
+    labels: np.ndarray | None  # int64 (N,); None when unlabeled
+    classes: list[str] | None
+    key: str = field(default="")
+
+    def __post_init__(self):
+        if not self.key:
+            digest = hashlib.sha256(self.images.tobytes())
+            if self.labels is not None:
+                digest.update(self.labels.astype(np.int64).tobytes())
+            object.__setattr__(self, "key", digest.hexdigest()[:32])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None and self.classes is not None
+
+    def image(self, index: int) -> Image.Image:
+        """Gallery image `index` as RGB."""
+        pixels = self.images[index]
+        return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).convert("RGB")
+
+    def label_name(self, index: int) -> str:
+        if self.labels is None:
+            return "unlabelled"
+        label = int(self.labels[index])
+        return self.classes[label] if self.classes and 0 <= label < len(self.classes) else str(label)
+
+    def class_names(self) -> list[str]:
+        return list(self.classes) if self.classes else []
+
+    def first_of_each_class(self, limit: int) -> list[int]:
+        """Indices of the first image of each class (or the first images), at most `limit`."""
+        if self.labels is None:
+            return list(range(min(limit, len(self))))
+        _, first = np.unique(self.labels, return_index=True)
+        return sorted(int(i) for i in first)[:limit]
+
+
+def gallery_size(model_sizes: list[int]) -> int:
+    """Pixels per side to hold the gallery at: the largest model input, capped at `MAX_SIZE`."""
+    return min(max(model_sizes, default=32), MAX_SIZE)
+
+
+def load_gallery(spec: str | None, image_size: int) -> tuple[Gallery, str]:
+    """(gallery, notice). spec None: Fashion-MNIST test when present, else synthetic (with a notice)."""
+    from dinotwins.data import load_dataset  # the data module is heavy to import; only the launch needs it
+
+    notice = ""
+    if spec is None:
+        try:
+            dataset = load_dataset(DEFAULT_SPEC, split="test", image_size=image_size)
+            spec = DEFAULT_SPEC
+        except UserError as exc:
+            notice = f"Fashion-MNIST not found ({exc}); the gallery is the synthetic dataset."
+            spec = FALLBACK_SPEC
+            dataset = load_dataset(spec, split="test", image_size=image_size)
+    else:
+        dataset = load_dataset(spec, split="test", image_size=image_size)
+    count = len(dataset)
+    if count < 2:
+        raise UserError(f"gallery {spec} has {count} image(s); retrieval needs at least 2, pass another --gallery")
+    indices = np.arange(count)
+    if count > MAX_GALLERY:
+        indices = np.sort(np.random.default_rng(0).choice(count, MAX_GALLERY, replace=False))
+        notice = (notice + " " if notice else "") + f"Gallery {spec}: a seeded sample of {MAX_GALLERY} of {count}."
+    images = _uint8_nhwc(dataset, indices)
+    labels = None if dataset.labels is None else dataset.labels.numpy()[indices].astype(np.int64)
+    classes = list(dataset.classes) if dataset.classes is not None else None
+    if labels is not None and classes is None:
+        classes = [str(c) for c in range(int(labels.max()) + 1)]
+    return Gallery(spec=spec, images=images, labels=labels, classes=classes), notice
+
+
+def _uint8_nhwc(dataset, indices: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    parts = []
+    for start in range(0, len(indices), chunk):
+        idx = torch.from_numpy(indices[start:start + chunk])
+        batch = dataset.images[idx] if dataset.images is not None else dataset.get_batch(idx)
+        parts.append(batch.permute(0, 2, 3, 1).contiguous().numpy().astype(np.uint8))  # (B, S, S, C)
+    return np.concatenate(parts)

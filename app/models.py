@@ -1,0 +1,115 @@
+"""The app's models: a cache keyed by resolved path, labels for display, and the default demo models.
+
+`ModelCache.get(spec)` loads anything `dinotwins.load_model` takes (run dir, exported .safetensors, official DINO
+.pth) once per (resolved path, file size, mtime): launching with the same model twice, or two apps built in one
+process (tests), share one copy, and a retrained file is loaded afresh.
+
+With no MODEL on the command line the app shows the demo models shipped under `assets/models/{dino,barlow,
+hybrid}/`; where those are missing it trains stand-ins with the smoke preset into the cache folder (seconds on
+a CPU; they have learned next to nothing, and the app says so in a notice).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from dinotwins import LoadedModel, load_model
+from dinotwins.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = REPO_ROOT / "assets" / "models"
+DEMO_METHODS = ("dino", "barlow", "hybrid")
+EXPORT_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model as the app shows it: a unique label, where it came from, the loaded model."""
+
+    label: str
+    path: Path  # resolved run dir or weights file
+    model: LoadedModel
+
+    @property
+    def folder(self) -> Path:
+        """Where run files (metrics.jsonl, eval.json) sit: the run dir, or the folder holding the weights."""
+        return self.path if self.path.is_dir() else self.path.parent
+
+
+class ModelCache:
+    """Loaded models keyed by (resolved path, size, mtime); keeps the `capacity` most recently used."""
+
+    def __init__(self, device: str = "cpu", capacity: int = 8):
+        self.device = device
+        self.capacity = capacity
+        self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, spec: str | Path) -> tuple[Path, LoadedModel]:
+        path = Path(spec).expanduser().resolve()
+        if not path.exists():
+            raise UserError(f"model {spec} does not exist; pass a run directory, a .safetensors or a .pth file")
+        weights = path / EXPORT_NAME if path.is_dir() else path
+        stat = weights.stat() if weights.is_file() else None
+        key = (str(path), stat.st_size if stat else None, stat.st_mtime_ns if stat else None)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return path, self._models[key]
+        model = load_model(path, device=self.device)  # outside the lock: loading can take seconds
+        with self._lock:
+            self._models[key] = model
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+        return path, model
+
+    def entries(self, specs: list[str | Path]) -> list[ModelEntry]:
+        """Load every spec and give each a unique label (its name, then `name (2)` for repeats)."""
+        entries, seen = [], {}
+        for spec in specs:
+            path, model = self.get(spec)
+            base = model.name or path.stem
+            seen[base] = seen.get(base, 0) + 1
+            label = base if seen[base] == 1 else f"{base} ({seen[base]})"
+            entries.append(ModelEntry(label=label, path=path, model=model))
+        return entries
+
+
+def default_model_specs(cache_dir: Path, progress: Callable[[str], None] = print) -> tuple[list[Path], str]:
+    """The demo models, or smoke-trained stand-ins where they are missing; returns (paths, notice)."""
+    shipped = [DEMO_DIR / m for m in DEMO_METHODS]
+    if all((p / EXPORT_NAME).is_file() for p in shipped):
+        return shipped, ""
+    paths = [smoke_model(method, cache_dir / "smoke-models", progress) for method in DEMO_METHODS]
+    notice = (f"No demo models under {DEMO_DIR.relative_to(REPO_ROOT)}/ yet: showing stand-ins trained just now "
+              f"with the smoke preset (4 steps on synthetic data). Their maps and neighbours are close to random; "
+              f"pass your own runs (`python -m app runs/dino runs/barlow`) to compare real models.")
+    return paths, notice
+
+
+def smoke_model(method: str, root: Path, progress: Callable[[str], None] = print) -> Path:
+    """A smoke-preset run of `method` on synthetic data in `root/method`, trained once and reused after."""
+    out = root / method
+    if (out / EXPORT_NAME).is_file():
+        return out
+    from dinotwins.config import build_config, load_preset, merge  # training code only when needed
+    from dinotwins.trainer import train
+
+    progress(f"training a stand-in {method} model with the smoke preset into {out} ...")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{method}-", dir=root))
+    try:
+        cfg = build_config(merge(load_preset("smoke"), {"method": method, "data": "synthetic", "device": "cpu"}))
+        train(cfg, staging / "run", progress=False)
+        if not (out / EXPORT_NAME).is_file():  # another process may have finished first
+            shutil.rmtree(out, ignore_errors=True)
+            (staging / "run").rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out

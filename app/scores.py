@@ -1,0 +1,49 @@
+"""Scores shown beside each model's projection: leave-one-out k-NN accuracy and silhouette.
+
+k-NN follows the DINO paper's weighted vote (Wu et al. 2018): the k most cosine-similar gallery images vote for
+their label with weight exp(similarity / T), k = 20, T = 0.07. With a gallery only (no separate memory bank)
+every image is classified by the others (leave-one-out). Silhouette is scikit-learn's, with cosine distance, on
+the embeddings of the projected subsample (so it scores the model, not the 2-D picture).
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+from sklearn.metrics import silhouette_score
+
+from app.retrieval import l2_normalize
+
+KNN_K = 20
+KNN_TEMPERATURE = 0.07
+
+
+def knn_accuracy_leave_one_out(index: faiss.Index, embeddings: np.ndarray, labels: np.ndarray,
+                               k: int = KNN_K, temperature: float = KNN_TEMPERATURE, chunk: int = 2048) -> float:
+    """Share of gallery images whose k nearest other images (weighted vote) give their own label."""
+    n = len(labels)
+    k = min(k, n - 1)
+    if k < 1:
+        return float("nan")
+    num_classes = int(labels.max()) + 1
+    correct = 0
+    for start in range(0, n, chunk):
+        queries = l2_normalize(embeddings[start:start + chunk])
+        sims, ids = index.search(queries, k + 1)  # (B, k + 1): usually the image itself first
+        own = np.arange(start, start + len(queries))[:, None]
+        keep = ids != own
+        keep[keep.sum(axis=1) > k, -1] = False
+        sims = sims[keep].reshape(len(queries), k)
+        ids = ids[keep].reshape(len(queries), k)
+        votes = np.zeros((len(queries), num_classes), dtype=np.float64)
+        np.add.at(votes, (np.arange(len(queries))[:, None], labels[ids]), np.exp(sims / temperature))
+        correct += int((votes.argmax(axis=1) == labels[start:start + len(queries)]).sum())
+    return correct / n
+
+
+def silhouette(embeddings: np.ndarray, labels: np.ndarray) -> float:
+    """Cosine silhouette in [-1, 1]; nan when fewer than two classes or every point is its own class."""
+    n_labels = len(np.unique(labels))
+    if n_labels < 2 or n_labels >= len(labels):
+        return float("nan")
+    return float(silhouette_score(embeddings, labels, metric="cosine"))

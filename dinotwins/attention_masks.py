@@ -1,0 +1,66 @@
+"""Attention maps turned into masks and scored against object masks (the DINO paper's Fig. 3 and Table 7 idea).
+
+`mass_threshold_mask` keeps, per map, the smallest set of patches holding at least `keep_mass` of the map's
+mass: sort descending, cumulative sum, keep until the mass is reached (DINO's `visualize_attention.py`
+threshold, 0.6 by default). `attention_jaccard` upsamples those patch masks to pixels (nearest) and takes the
+Jaccard index (intersection over union) with the object masks, for the mean-of-heads map and for each head.
+
+Pure tensor functions; the model call that produces the maps lives in evaluate.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+KEEP_MASS = 0.6  # DINO's visualisation threshold
+_MASS_TOLERANCE = 1e-6  # float32 maps: sums that miss keep_mass by rounding alone still reach it
+
+
+def mass_threshold_mask(attn: Tensor | np.ndarray, keep_mass: float = KEEP_MASS) -> Tensor:
+    """bool (..., h, w): per map, the smallest set of patches holding >= keep_mass of its total mass.
+
+    Maps need not sum to one (each is normalized first). A patch is kept when the mass of the patches ranked
+    above it is still short of keep_mass; ties in weight are ranked by position (stable sort).
+    """
+    if not 0.0 < keep_mass <= 1.0:
+        raise ValueError(f"keep_mass must be in (0, 1], got {keep_mass}")
+    attn = torch.as_tensor(attn)
+    flat = attn.flatten(-2).double()  # (..., h*w)
+    flat = flat / flat.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+    values, order = flat.sort(dim=-1, descending=True, stable=True)
+    mass_above = values.cumsum(dim=-1) - values  # (..., h*w): mass of the higher-ranked patches
+    keep_sorted = mass_above < keep_mass - _MASS_TOLERANCE
+    mask = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return mask.view(attn.shape)
+
+
+def upsample_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """bool (..., h, w) -> bool (..., H, W), nearest neighbour (each patch becomes its block of pixels)."""
+    lead = mask.shape[:-2]
+    flat = mask.reshape(-1, 1, *mask.shape[-2:]).float()  # (M, 1, h, w)
+    return F.interpolate(flat, size=size, mode="nearest").bool().view(*lead, *size)
+
+
+def jaccard(pred: Tensor, target: Tensor) -> Tensor:
+    """float (...): |pred & target| / |pred | target| over the last two dims; 1 where both are empty."""
+    intersection = (pred & target).flatten(-2).sum(-1).double()
+    union = (pred | target).flatten(-2).sum(-1).double()
+    return torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))
+
+
+def attention_jaccard(attn: Tensor, object_masks: Tensor, keep_mass: float = KEEP_MASS) -> tuple[float, Tensor]:
+    """(mean Jaccard of the mean-of-heads masks, per-head mean Jaccard (heads,)) over the images.
+
+    attn (N, heads, h, w) CLS-to-patch weights, object_masks bool (N, H, W). Each head's map is normalized over
+    the patches before the heads are averaged, so every head weighs the same in the mean map.
+    """
+    size = tuple(object_masks.shape[-2:])
+    probs = attn.double() / attn.double().sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)  # (N, heads, h, w)
+    mean_mask = upsample_mask(mass_threshold_mask(probs.mean(dim=1), keep_mass), size)  # (N, H, W)
+    head_masks = upsample_mask(mass_threshold_mask(probs, keep_mass), size)  # (N, heads, H, W)
+    mean_heads = jaccard(mean_mask, object_masks).mean().item()
+    per_head = jaccard(head_masks, object_masks[:, None]).mean(dim=0)  # (heads,)
+    return mean_heads, per_head

@@ -1,0 +1,79 @@
+"""Weighted k-NN classification of frozen features, the DINO paper's protocol (Caron et al. 2021, after Wu et al.
+2018).
+
+Features are L2-normalized, so inner product = cosine similarity. Each query finds its k most similar labeled
+images (exact search, `faiss.IndexFlatIP`); neighbour j votes for its own label with weight exp(s_j / T); the
+votes are summed per class. DINO uses k = 20, T = 0.07.
+
+Top-k accuracy (`topk_accuracy`) counts ties against the query: a query is right at k when fewer than k other
+classes score at least as high as its true class. So a query no neighbour voted for is never "right by luck" of
+a sort order, while with k >= the number of classes every query is right (all classes are listed).
+
+What it is not: no feature extraction (features.py), no leave-one-out (the app's scores.py does that for a gallery).
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+KNN_K = 20  # DINO's k
+KNN_TEMPERATURE = 0.07  # DINO's T
+
+
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm, float32 and C-contiguous (as FAISS wants); all-zero rows stay zero."""
+    features = np.asarray(features, dtype=np.float32)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return np.ascontiguousarray(features / np.maximum(norms, 1e-12))
+
+
+def knn_vote(similarities: np.ndarray, neighbour_labels: np.ndarray, num_classes: int,
+             temperature: float = KNN_TEMPERATURE) -> np.ndarray:
+    """Class scores (Q, C) float64: sum over each query's neighbours of exp(similarity / T), per neighbour label.
+
+    similarities (Q, k) cosine similarities, neighbour_labels (Q, k) ints in [0, num_classes).
+    """
+    weights = np.exp(np.asarray(similarities, dtype=np.float64) / temperature)  # (Q, k)
+    neighbour_labels = np.asarray(neighbour_labels)
+    scores = np.zeros((weights.shape[0], num_classes), dtype=np.float64)
+    rows = np.arange(weights.shape[0])
+    for j in range(weights.shape[1]):  # one neighbour rank at a time: each row gets one index, no collisions
+        scores[rows, neighbour_labels[:, j]] += weights[:, j]
+    return scores
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of rows whose true class is in the top k of `scores` (Q, C); ties count against the row."""
+    labels = np.asarray(labels)
+    true_scores = scores[np.arange(len(labels)), labels][:, None]  # (Q, 1)
+    rivals = (scores >= true_scores).sum(axis=1) - 1  # other classes scoring at least as high
+    return float(np.mean(rivals < k))
+
+
+def knn_scores(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, *, k: int = KNN_K,
+               temperature: float = KNN_TEMPERATURE, num_classes: int | None = None) -> np.ndarray:
+    """(Q, C) weighted-vote class scores of every test feature against the labeled train features.
+
+    k is capped at the number of train features.
+    """
+    train_labels = np.asarray(train_labels, dtype=np.int64)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    k = min(k, len(train_labels))
+    num_classes = num_classes or int(train_labels.max()) + 1
+    index = faiss.IndexFlatIP(train_feats.shape[1])
+    index.add(l2_normalize(train_feats))
+    similarities, neighbours = index.search(l2_normalize(test_feats), k)  # (Q, k) each, most similar first
+    return knn_vote(similarities, train_labels[neighbours], num_classes, temperature)
+
+
+def knn_classify(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
+                 test_labels: np.ndarray, *, k: int = KNN_K,
+                 temperature: float = KNN_TEMPERATURE) -> tuple[float, float]:
+    """(top-1, top-5) accuracy of the weighted k-NN vote on the test features, using every train label."""
+    test_labels = np.asarray(test_labels, dtype=np.int64)
+    num_classes = int(max(np.max(train_labels), np.max(test_labels))) + 1
+    scores = knn_scores(train_feats, train_labels, test_feats, k=k, temperature=temperature,
+                        num_classes=num_classes)
+    return topk_accuracy(scores, test_labels, 1), topk_accuracy(scores, test_labels, 5)

@@ -1,0 +1,53 @@
+"""Mass-threshold attention masks (DINO's visualisation) and their Jaccard with object masks."""
+
+import numpy as np
+import pytest
+import torch
+
+from dinotwins.attention_masks import attention_jaccard, jaccard, mass_threshold_mask, upsample_mask
+
+
+def test_mass_threshold_keeps_the_smallest_set_reaching_the_mass():
+    attn = torch.tensor([[0.5, 0.3], [0.1, 0.1]])
+    assert mass_threshold_mask(attn, 0.6).tolist() == [[True, True], [False, False]]
+    assert mass_threshold_mask(attn, 0.5).tolist() == [[True, False], [False, False]]
+
+
+def test_mass_threshold_normalizes_each_map_and_stops_exactly_at_the_mass():
+    attn = 2 * torch.tensor([[0.2, 0.0, 0.5], [0.0, 0.3, 0.0], [0.0, 0.0, 0.0]])  # sums to 2
+    assert mass_threshold_mask(attn, 0.8).tolist() == [[False, False, True], [False, True, False],
+                                                       [False, False, False]]
+    assert mass_threshold_mask(attn, 1.0).sum() == 3  # every patch with weight, none without
+
+
+def test_mass_threshold_works_per_map_over_leading_dims():
+    attn = torch.stack([torch.tensor([[0.7, 0.1], [0.1, 0.1]]), torch.tensor([[0.1, 0.1], [0.1, 0.7]])])
+    mask = mass_threshold_mask(attn[:, None], 0.6)  # (2, 1, 2, 2)
+    assert mask.shape == (2, 1, 2, 2)
+    assert mask[0, 0].tolist() == [[True, False], [False, False]]
+    assert mask[1, 0].tolist() == [[False, False], [False, True]]
+    assert np.asarray(mass_threshold_mask(np.array([[0.5, 0.3], [0.1, 0.1]]))).dtype == bool  # numpy in
+
+
+def test_jaccard_is_intersection_over_union_and_one_for_two_empty_masks():
+    pred = torch.tensor([[True, True], [False, False]])
+    target = torch.tensor([[True, False], [True, False]])
+    assert jaccard(pred, target).item() == pytest.approx(1 / 3)
+    assert jaccard(pred, pred).item() == 1.0
+    empty = torch.zeros(2, 2, dtype=torch.bool)
+    assert jaccard(empty, empty).item() == 1.0
+
+
+def test_upsample_mask_turns_each_patch_into_its_pixel_block():
+    up = upsample_mask(torch.tensor([[True, False], [False, True]]), (4, 4))
+    assert up.int().tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+
+
+def test_attention_jaccard_for_mean_map_and_each_head():
+    obj = torch.zeros(1, 4, 4, dtype=torch.bool)
+    obj[0, :2, :2] = True  # the object fills the top-left patch
+    attn = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]],  # head 0: all on the object
+                          [[0.0, 0.0], [0.0, 1.0]]]])  # head 1: all on the background
+    mean_heads, per_head = attention_jaccard(attn, obj, keep_mass=0.6)
+    assert per_head.tolist() == [1.0, 0.0]
+    assert mean_heads == pytest.approx(0.5)  # the mean map keeps both patches: 4 object px of 8

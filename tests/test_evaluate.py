@@ -1,0 +1,184 @@
+"""Embedding health, the feature cache, `evaluate_model` and the `python -m dinotwins.evaluate` command."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dinotwins import LoadedModel
+from dinotwins import evaluate as evaluate_module
+from dinotwins import features as features_module
+from dinotwins.backbone import ModelConfig, create_backbone
+from dinotwins.data import load_dataset
+from dinotwins.embedding_health import effective_rank, embedding_std
+from dinotwins.evaluate import COLUMNS, evaluate_model, limit_dataset, main
+from dinotwins.features import extract_features, feature_cache_key
+
+TINY = ModelConfig(embed_dim=24, depth=1, num_heads=3, image_size=16, patch_size=4, drop_path_rate=0.0)
+
+
+# ------------------------------------------------------------------------------------------------ embedding health
+def test_effective_rank_of_d_equal_orthogonal_directions_is_d():
+    d = 8
+    plus_minus_basis = np.vstack([np.eye(d), -np.eye(d)])  # centered already; all singular values sqrt(2)
+    assert effective_rank(plus_minus_basis) == pytest.approx(d)
+
+
+def test_effective_rank_of_a_rank_one_matrix_is_one_and_of_one_repeated_point_zero():
+    rng = np.random.default_rng(0)
+    rank_one = rng.normal(size=(100, 1)) * rng.normal(size=(1, 32))
+    assert effective_rank(rank_one) == pytest.approx(1.0, abs=1e-3)
+    assert effective_rank(np.tile(rng.normal(size=(1, 32)), (50, 1))) == 0.0
+
+
+def test_embedding_std_is_about_one_over_sqrt_d_when_spread_and_zero_when_collapsed():
+    d = 64
+    spread = np.random.default_rng(0).normal(size=(5000, d))
+    assert embedding_std(spread) == pytest.approx(1 / np.sqrt(d), rel=0.05)
+    assert embedding_std(np.tile(spread[:1] * 7, (100, 1))) == pytest.approx(0.0, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ feature cache
+@pytest.fixture()
+def tiny_model() -> LoadedModel:
+    return LoadedModel(create_backbone(TINY), TINY, name="tiny", metadata={}, weights_hash="tiny-test-weights")
+
+
+@pytest.fixture()
+def tiny_data():
+    return load_dataset("synthetic:8", "train", image_size=16)
+
+
+def _forbid_recompute(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("features were recomputed instead of read from the cache")
+    monkeypatch.setattr(features_module, "compute_features", fail)
+
+
+def test_feature_cache_returns_identical_arrays_on_the_second_call(tiny_model, tiny_data, tmp_path, monkeypatch):
+    first = extract_features(tiny_model, tiny_data, cache_dir=tmp_path, progress=False)
+    assert first.shape == (8, 24) and first.dtype == np.float32
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    _forbid_recompute(monkeypatch)
+    assert np.array_equal(extract_features(tiny_model, tiny_data, cache_dir=tmp_path, progress=False), first)
+
+
+def test_feature_cache_rebuilds_a_corrupted_file(tiny_model, tiny_data, tmp_path):
+    first = extract_features(tiny_model, tiny_data, cache_dir=tmp_path, progress=False)
+    path = next(tmp_path.glob("*.npy"))
+    data = bytearray(path.read_bytes())
+    data[-5:] = b"\xff" * 5  # flipped bytes in the array itself: np.load alone would not notice
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="unusable"):
+        again = extract_features(tiny_model, tiny_data, cache_dir=tmp_path, progress=False)
+    assert np.array_equal(again, first)
+    path.write_bytes(b"not an npy file")
+    with pytest.warns(UserWarning, match="unusable"):
+        assert np.array_equal(extract_features(tiny_model, tiny_data, cache_dir=tmp_path, progress=False), first)
+
+
+def test_feature_cache_rebuilds_a_file_of_the_wrong_shape(tiny_model, tiny_data, tmp_path):
+    first = extract_features(tiny_model, tiny_data, cache_dir=tmp_path, progress=False)
+    path = next(tmp_path.glob("*.npy"))
+    features_module._write_cached(path, np.zeros((3, 24), np.float32))  # well-formed, checksum fine, wrong shape
+    with pytest.warns(UserWarning, match="expected float32"):
+        assert np.array_equal(extract_features(tiny_model, tiny_data, cache_dir=tmp_path, progress=False), first)
+
+
+def test_feature_cache_key_changes_with_the_subset_and_the_weights(tiny_model, tiny_data):
+    key = feature_cache_key(tiny_model, tiny_data)
+    assert feature_cache_key(tiny_model, limit_dataset(tiny_data, 4, seed=0)) != key
+    other = LoadedModel(create_backbone(TINY), TINY, name="tiny", metadata={}, weights_hash="other-weights")
+    assert feature_cache_key(other, tiny_data) != key
+    assert feature_cache_key(tiny_model, load_dataset("synthetic:8", "train", image_size=16)) == key
+
+
+# ------------------------------------------------------------------------------------------------ evaluate_model
+def test_evaluate_model_row_and_attention_regenerated_at_the_model_size(tiny_model, tmp_path, monkeypatch):
+    train = load_dataset("synthetic:64", "train", image_size=8)  # stored smaller than the model's 16 px
+    test = limit_dataset(load_dataset("synthetic:64", "test", image_size=8), 20, seed=0)
+    loads = []
+
+    def spy(spec, split, *, image_size):
+        loads.append((spec, split, image_size))
+        return load_dataset(spec, split, image_size=image_size)
+    monkeypatch.setattr(evaluate_module, "load_dataset", spy)
+    row = evaluate_model(tiny_model, train, test, k=5, temperature=0.07, label_fraction=0.5, seed=0,
+                         cache_dir=tmp_path)
+    assert loads == [("synthetic:64", "test", 16)]  # the attention masks come from 16 px synthetic images
+    assert tuple(row) == COLUMNS
+    assert (row["num_train"], row["num_test"]) == (64, 20)
+    for key in ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "attn_jaccard_mean_heads"):
+        assert 0.0 <= row[key] <= 1.0, key
+    assert row["attn_jaccard_mean_heads"] <= 1.0 and row["attn_jaccard_best_head"] >= 0.0
+    assert 1.0 <= row["effective_rank"] <= 20 and row["embedding_std"] > 0
+
+
+def test_data_without_masks_scores_attention_on_synthetic_at_the_model_size(tiny_model, monkeypatch):
+    test = dataclasses.replace(load_dataset("synthetic:64", "test", image_size=16), masks=None)
+    loads = []
+
+    def spy(spec, split, *, image_size):
+        loads.append((spec, split, image_size))
+        return load_dataset("synthetic:64", split, image_size=image_size)  # small stand-in for the full split
+    monkeypatch.setattr(evaluate_module, "load_dataset", spy)
+    mean_heads, best_head = evaluate_module.attention_scores(tiny_model, test)
+    assert loads == [("synthetic", "test", 16)]
+    assert 0.0 <= mean_heads <= 1.0 and 0.0 <= best_head <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def test_cli_json_has_a_row_per_model_and_both_baselines(smoke_runs, tmp_path, capsys):
+    args = [str(smoke_runs["dino"]), str(smoke_runs["barlow"] / "model.safetensors"), "--data", "synthetic:64",
+            "--json", "--cache-dir", str(tmp_path), "--no-progress", "--limit-train", "48", "--k", "10"]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["model"] for row in rows][:3] == ["dino", "barlow", "raw pixels"]
+    assert rows[3]["model"].startswith("random-init")
+    for row in rows:
+        assert tuple(row) == COLUMNS
+        assert (row["num_train"], row["num_test"]) == (48, 64)
+        assert 0.0 <= row["knn_top1"] <= row["knn_top5"] <= 1.0
+        assert 0.0 <= row["linear_top1"] <= row["linear_top5"] <= 1.0
+    assert rows[2]["attn_jaccard_mean_heads"] is None and rows[2]["attn_jaccard_best_head"] is None
+    assert all(0.0 <= rows[i]["attn_jaccard_mean_heads"] <= 1.0 for i in (0, 1, 3))
+    assert main(args) == 0  # second run reads the cache and prints the same figures
+    assert json.loads(capsys.readouterr().out) == rows
+
+
+def test_cli_markdown_table_without_baselines(smoke_runs, tmp_path, capsys):
+    args = [str(smoke_runs["hybrid"]), "--data", "synthetic:64", "--markdown", "--no-baselines",
+            "--cache-dir", str(tmp_path), "--no-progress", "--limit-test", "16"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("| model | k-NN top-1") and lines[2].startswith("| hybrid |")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "nonsense:x"], "unknown data spec"),
+    (["--data", "synthetic:64", "--label-fraction", "0"], "--label-fraction"),
+    (["--data", "synthetic:64", "--label-fraction", "1.5"], "--label-fraction"),
+    (["--data", "synthetic:64", "--k", "0"], "--k"),
+    (["--data", "synthetic:64", "--json", "--markdown"], "not allowed with"),
+])
+def test_cli_user_errors_are_one_line_and_exit_2(smoke_runs, tmp_path, capsys, extra, message):
+    assert main([str(smoke_runs["dino"]), "--cache-dir", str(tmp_path), *extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ") and message in captured.err and captured.err.count("\n") == 1
+
+
+def test_cli_missing_model_is_a_user_error(tmp_path, capsys):
+    assert main([str(tmp_path / "no-such-run"), "--data", "synthetic:64"]) == 2
+    assert capsys.readouterr().err.startswith("error: model ")
+
+
+@pytest.mark.slow
+def test_module_entry_point_exits_2_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dinotwins.evaluate", str(tmp_path / "missing"), "--data",
+                             "synthetic:64"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
