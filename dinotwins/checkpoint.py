@@ -4,8 +4,8 @@ Each save writes `checkpoints/step_XXXXXXXX.pt` through a temporary file in the 
 `os.replace`, and records its size and sha256 in `checkpoints/step_XXXXXXXX.pt.sha256`. Loading checks both and
 uses `torch.load(weights_only=True)`, which refuses pickled objects other than tensors and plain containers, so
 a checkpoint from a stranger cannot run code. `latest_good` walks back from the newest checkpoint to the
-newest one that verifies, warning about each bad one; nothing is deleted except good checkpoints beyond the
-`keep` newest.
+newest one that verifies, loads and holds no NaN/inf, warning about each bad one; nothing is deleted except good
+checkpoints beyond the `keep` newest.
 """
 
 from __future__ import annotations
@@ -96,10 +96,27 @@ def latest_good(folder: Path, map_location: str | torch.device = "cpu") -> tuple
         problem = verify(path)
         if problem is None:
             try:
-                return path, load_state(path, map_location)
+                state = load_state(path, map_location)
             except UserError as exc:
                 problem = str(exc)
+            else:
+                bad = _first_non_finite(state)
+                if bad is None:
+                    return path, state
+                problem = f"NaN or inf values in {bad}"
         warnings.warn(f"skipping checkpoint {path}: {problem}; falling back to the previous one", stacklevel=2)
+    return None
+
+
+def _first_non_finite(state: Any, prefix: str = "") -> str | None:
+    """Dotted key of the first floating tensor in a nested state holding NaN or inf, else None."""
+    if isinstance(state, torch.Tensor):
+        return (prefix or "tensor") if state.is_floating_point() and not torch.isfinite(state).all() else None
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for key, value in items:
+        found = _first_non_finite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
     return None
 
 

@@ -8,6 +8,7 @@ Unknown keys and wrong types are a `UserError` naming the key, never silently ig
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,7 +199,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise UserError(f"config key {key} must be true or false, got {value!r}")
         return value
     if hint in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string: take it as the number it spells
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise UserError(f"config key {key} must be a number, got {value!r}")
         if hint is int and float(value) != int(value):
             raise UserError(f"config key {key} must be a whole number, got {value!r}")

@@ -42,6 +42,8 @@ def test_smoke_run_writes_config_metrics_checkpoint_and_export(tmp_path):
     (["--method", "dino", "--data", "synthetic", "--set", "dino.nope=3"], "dino.nope"),
     (["--method", "dino", "--data", "synthetic", "--epochs", "-1"], "--epochs"),
     (["--method", "dino", "--data", "synthetic", "--preset", "huge"], "unknown preset"),
+    (["--method", "dino", "--data", "synthetic", "--set", "optim.base_lr=fast"], "optim.base_lr"),
+    (["--method", "dino", "--data", "synthetic", "--set", "optim.base_lr=.nan"], "optim.base_lr"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needle):
     out = tmp_path / "run"
@@ -82,3 +84,13 @@ def test_torchrun_with_two_cpu_processes_trains_and_only_rank0_writes(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4]  # one writer: no duplicate rows
     assert (out / "model.safetensors").is_file()
+
+
+def test_set_reads_exponent_numbers_that_yaml_leaves_as_strings():
+    from dinotwins.cli import build_parser, resolve_config
+    from dinotwins.config import build_config
+
+    args = build_parser().parse_args(["--method", "dino", "--data", "synthetic", "--out", "x",
+                                      "--set", "optim.base_lr=1e-3", "--set", "optim.min_lr=2E-6"])
+    cfg = build_config(resolve_config(args))
+    assert cfg.optim.base_lr == 1e-3 and cfg.optim.min_lr == 2e-6
