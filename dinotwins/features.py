@@ -54,8 +54,10 @@ def extract_features(model, dataset: ImageDataset, *, cache_dir: str | Path | No
 
 def compute_features(model, dataset: ImageDataset, *, batch_size: int = BATCH_SIZE,
                      progress: bool = True) -> np.ndarray:
-    """float32 (N, D) embeddings, no cache."""
+    """float32 (N, D) embeddings, no cache; computed under bf16 autocast where the device does bf16 fast (as in
+    training: ~2.5x faster on this project's CPU, figures within bf16 rounding of fp32)."""
     mean, std = normalization_of(model)
+    dtype = feature_dtype(model)
     out = np.empty((len(dataset), model.embed_dim), dtype=np.float32)
     bar = tqdm(total=len(dataset), desc=f"features {model.name} {dataset.split}", unit="img", file=sys.stderr,
                disable=not progress, leave=False)
@@ -64,7 +66,8 @@ def compute_features(model, dataset: ImageDataset, *, batch_size: int = BATCH_SI
             indices = torch.arange(start, min(start + batch_size, len(dataset)))
             images = dataset.get_batch(indices).to(model.device)  # uint8 (B, C, S, S)
             x = eval_transform(images, model.image_size, mean, std)  # (B, 3, size, size)
-            out[start:start + len(indices)] = model.embed(x).cpu().numpy()
+            with torch.autocast(model.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out[start:start + len(indices)] = model.embed(x).float().cpu().numpy()
             bar.update(len(indices))
     return out
 
@@ -83,12 +86,20 @@ def normalization_of(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(getattr(model, "mean", IMAGENET_MEAN)), tuple(getattr(model, "std", IMAGENET_STD))
 
 
+def feature_dtype(model) -> torch.dtype | None:
+    """The autocast dtype features are computed in (None: plain fp32)."""
+    from dinotwins.trainer import pick_precision
+
+    return pick_precision("auto", torch.device(model.device))
+
+
 def feature_cache_key(model, dataset: ImageDataset) -> str:
     """sha256 hex of everything the features depend on."""
     mean, std = normalization_of(model)
     parts = {"weights": model.weights_hash, "data": dataset.name, "split": dataset.split,
              "stored_size": dataset.image_shape[-1], "image_size": model.image_size, "mean": mean, "std": std,
-             "preprocessing": PREPROCESSING_VERSION, "images": dataset_fingerprint(dataset)}
+             "preprocessing": PREPROCESSING_VERSION, "images": dataset_fingerprint(dataset),
+             "dtype": str(feature_dtype(model))}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
