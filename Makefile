@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data test test-fast demo bench bench-app clean
+.PHONY: setup data test test-fast demo bench bench-levers bench-app clean
 
 setup: $(STAMP) data
 
@@ -36,6 +36,16 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m dinotwins.bench
+
+# The README's Performance table: every lever on the issue's CPU config, then the data pipeline.
+BENCH_CFG := --img-size 32 --patch-size 4 --depth 12 --dim 192 --heads 3 --local-crops 6 --local-size 16 \
+	--batch-size 64 --out-dim 4096 --json
+bench-levers: setup
+	for flags in "--method dino --precision fp32 --attention fused" "--method dino --precision fp32 --attention explicit" \
+	  "--method dino --precision bf16 --attention fused" "--method dino" "--method dino --compile" \
+	  "--method barlow" "--method hybrid"; do \
+	  $(BIN)/python -m dinotwins.bench $(BENCH_CFG) $$flags | tail -1; done
+	$(BIN)/python -m dinotwins.bench --data-pipeline --json | tail -1
 
 bench-app: setup
 	$(BIN)/python -m app.bench
