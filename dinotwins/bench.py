@@ -75,9 +75,9 @@ def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        method=args.method, data=f"synthetic:{max(64, args.batch_size)}", batch_size=args.batch_size, device=args.device,
-        precision=args.precision, compile=args.compile, attention=args.attention, max_steps=10**9, epochs=10**6, save_every=10**9,
-        log_every=10**9,
+        method=args.method, data=f"synthetic:{max(64, args.batch_size)}", batch_size=args.batch_size,
+        device=args.device, precision=args.precision, compile=args.compile, attention=args.attention,
+        max_steps=10**9, epochs=10**6, save_every=10**9, log_every=10**9,
         model=ModelConfig(arch=args.arch, image_size=args.img_size, patch_size=args.patch_size, embed_dim=args.dim,
                           depth=args.depth, num_heads=args.heads),
         dino=DinoConfig(out_dim=args.out_dim),
@@ -120,7 +120,8 @@ def bench_step(args: argparse.Namespace) -> dict[str, float | str]:
         peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "method": args.method, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-        "threads": torch.get_num_threads(), "compile": bool(args.compile), "attention": args.attention, "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(), "compile": bool(args.compile), "attention": args.attention,
+        "batch_size": args.batch_size,
         "img_per_s": round(args.batch_size / step_s, 2), "step_s": round(step_s, 4),
         "gflop_per_img": round(flops_per_step / args.batch_size / 1e9, 3),
         "achieved_tflops": round(achieved, 4), "peak_tflops": round(peak, 4), "mfu": round(achieved / peak, 4),
