@@ -1,10 +1,13 @@
-"""Shared fixtures: tiny trained runs made once per test session with the smoke preset."""
+"""Shared fixtures: tiny trained runs made once per test session with the smoke preset, and launching an app."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from dinotwins.config import build_config, load_preset, merge
 from dinotwins.trainer import train
@@ -22,3 +25,30 @@ def smoke_runs(tmp_path_factory) -> dict[str, Path]:
     """{method: run dir} of three tiny runs (4 steps each) on synthetic data, with exported weights."""
     root = tmp_path_factory.mktemp("smoke_runs")
     return {m: train(smoke_config(m), root / m, progress=False) for m in METHODS}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_pil_limit():
+    """build_app lowers Pillow's process-wide pixel limit; give other test modules the default back."""
+    limit = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = limit
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def launched(demo):
+    """Serve a built gradio app on a free 127.0.0.1 port without blocking; yields (url, launch options)."""
+    from app.ui import launch_options  # gradio only for the tests that launch an app
+
+    options = launch_options(port=free_port())
+    demo.launch(**options, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{options['server_port']}/", options
+    finally:
+        demo.close()

@@ -3,7 +3,6 @@
 Uses Debian's /usr/bin/chromium through the playwright package (no `playwright install`); `make setup` installs
 both. The screenshot lands in the test's tmp_path."""
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,8 @@ from PIL import Image
 from app.cache import ArtifactCache
 from app.gallery import load_gallery
 from app.models import ModelCache
-from app.ui import build_app, launch_options
+from app.ui import build_app
+from tests.conftest import launched
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -22,32 +22,14 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def restore_pil_limit():
-    """build_app lowers Pillow's process-wide pixel limit; give other test modules the default back."""
-    limit = Image.MAX_IMAGE_PIXELS
-    yield
-    Image.MAX_IMAGE_PIXELS = limit
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(smoke_runs, tmp_path_factory):
     entries = ModelCache().entries([smoke_runs[m] for m in ("dino", "barlow", "hybrid")])
     gallery, _ = load_gallery("synthetic:1024", 32)
     demo = build_app(entries, gallery, cache=ArtifactCache(tmp_path_factory.mktemp("browser_cache")),
                      umap_points=128, umap_epochs=20)
-    options = launch_options(port=free_port())
-    demo.launch(**options, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{options['server_port']}/", [e.label for e in entries]
-    finally:
-        demo.close()
+    with launched(demo) as (url, _):
+        yield url, [e.label for e in entries]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 gradio_client exactly as the README shows: /attention and /retrieve with just an image, /projection with none."""
 
 import json
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -19,23 +18,10 @@ from app.cache import ArtifactCache
 from app.gallery import load_gallery
 from app.images import MAX_FILE_BYTES
 from app.models import ModelCache
-from app.ui import build_app, launch_options
+from app.ui import build_app
+from tests.conftest import launched
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_pil_limit():
-    """build_app lowers Pillow's process-wide pixel limit; give other test modules the default back."""
-    limit = Image.MAX_IMAGE_PIXELS
-    yield
-    Image.MAX_IMAGE_PIXELS = limit
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +30,9 @@ def server(smoke_runs, tmp_path_factory):
     gallery, _ = load_gallery("synthetic:1024", 32)
     cache = ArtifactCache(tmp_path_factory.mktemp("app_cache"))
     demo = build_app(entries, gallery, cache=cache, umap_points=128, umap_epochs=20)
-    options = launch_options(port=free_port())
-    assert options["server_name"] == "127.0.0.1" and options["max_file_size"]
-    demo.launch(**options, prevent_thread_lock=True, quiet=True)
-    try:
-        yield demo, f"http://127.0.0.1:{options['server_port']}/", entries
-    finally:
-        demo.close()
+    with launched(demo) as (url, options):
+        assert options["server_name"] == "127.0.0.1" and options["max_file_size"]
+        yield demo, url, entries
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import http.client
 import io
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -33,18 +32,11 @@ from app.explorer import Explorer
 from app.gallery import load_gallery
 from app.images import MAX_SIDE, load_image
 from app.models import ModelCache
-from app.ui import build_app, launch_options
+from app.ui import build_app
 from dinotwins.errors import UserError
+from tests.conftest import launched
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_pil_limit():
-    """build_app lowers Pillow's process-wide pixel limit; give other test modules the default back."""
-    limit = Image.MAX_IMAGE_PIXELS
-    yield
-    Image.MAX_IMAGE_PIXELS = limit
 
 
 # ------------------------------------------------------------------------------------------------- files
@@ -184,22 +176,12 @@ def gallery():
     return load_gallery("synthetic:1024", 32)[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(entries, gallery, tmp_path_factory):
     demo = build_app(entries, gallery, cache=ArtifactCache(tmp_path_factory.mktemp("app_cache")), umap_points=64,
                      umap_epochs=20)
-    options = launch_options(port=free_port())
-    demo.launch(**options, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{options['server_port']}/", options["server_port"]
-    finally:
-        demo.close()
+    with launched(demo) as (url, options):
+        yield url, options["server_port"]
 
 
 @pytest.fixture(scope="module")
