@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from dinotwins.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from dinotwins.data import ImageDataset
+from dinotwins.precision import pick_precision
 
 PREPROCESSING_VERSION = 1  # bump when eval_transform or the embedding taken changes
 DEFAULT_CACHE_DIR = Path("~/.cache/dinotwins/features")
@@ -88,8 +89,6 @@ def normalization_of(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def feature_dtype(model) -> torch.dtype | None:
     """The autocast dtype features are computed in (None: plain fp32)."""
-    from dinotwins.trainer import pick_precision
-
     return pick_precision("auto", torch.device(model.device))
 
 

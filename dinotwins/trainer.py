@@ -36,6 +36,7 @@ from dinotwins.errors import TrainingStopped, UserError
 from dinotwins.export import export_backbone
 from dinotwins.model import EXPORT_NAME
 from dinotwins.objectives import SelfSupervised
+from dinotwins.precision import pick_precision
 from dinotwins.runlog import RunLog
 
 CHECKPOINT_DIR = "checkpoints"
@@ -46,26 +47,6 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     because torch's CPU generator keeps only the low 32 bits of a seed."""
     digest = hashlib.blake2b(f"{seed}:{step}:{rank}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little")
-
-
-def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast dtype, or None for plain fp32. 'auto': bf16 on CUDA GPUs that support it and on CPUs
-    with native bf16 matmuls (AVX512-BF16/AMX), where it is several times faster than fp32."""
-    if requested == "fp32":
-        return None
-    if requested == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else None
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def param_groups(module: torch.nn.Module) -> list[dict[str, Any]]:
