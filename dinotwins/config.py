@@ -51,6 +51,9 @@ class TrainConfig:
     # auto: fused scaled-dot-product attention on GPU, explicit softmax(q k^T) v on CPU, where torch's fused CPU
     # kernel is ~1.6x slower end to end for ViT-sized token counts (see README, Performance). Same maths.
     attention: str = "auto"  # auto | fused | explicit
+    # One backward per crop resolution (local crops, then global crops) instead of one over the summed loss: the
+    # same gradients with one resolution's activations alive at a time (see SelfSupervised.compute_gradients).
+    backward_per_resolution: bool = True
     save_every: int = 500  # steps between resumable checkpoints
     log_every: int = 10  # steps between metrics.jsonl rows
     keep_checkpoints: int = 2  # resumable checkpoints kept, newest first

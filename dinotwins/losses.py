@@ -27,16 +27,33 @@ def dino_loss(student_out: list[Tensor], teacher_out: list[Tensor], center: Tens
     """
     if len(teacher_out) == 0 or len(student_out) < 2:
         raise ValueError("dino_loss needs at least one teacher view and two student views")
-    teacher_probs = [F.softmax((t - center) / teacher_temp, dim=-1).detach() for t in teacher_out]
-    student_logp = [F.log_softmax(s / student_temp, dim=-1) for s in student_out]
-    total, pairs = 0.0, 0
-    for i, p_t in enumerate(teacher_probs):
-        for j, logp_s in enumerate(student_logp):
-            if i == j:
-                continue
-            total = total + torch.sum(-p_t * logp_s, dim=-1).mean()
-            pairs += 1
-    return total / pairs
+    teacher_probs = dino_teacher_probs(teacher_out, center, teacher_temp)
+    total = dino_cross_entropy_sum(student_out, teacher_probs, student_temp)
+    return total / dino_pair_count(len(teacher_out), len(student_out))
+
+
+def dino_teacher_probs(teacher_out: list[Tensor], center: Tensor, teacher_temp: float) -> list[Tensor]:
+    """The teacher's centered, sharpened softmax per view: DINO's targets (no gradient)."""
+    return [F.softmax((t - center) / teacher_temp, dim=-1).detach() for t in teacher_out]
+
+
+def dino_pair_count(n_teacher: int, n_student: int) -> int:
+    """Number of (teacher view, different student view) pairs; the teacher's views are the first student views."""
+    return n_teacher * n_student - min(n_teacher, n_student)
+
+
+def dino_cross_entropy_sum(student_out: list[Tensor], teacher_probs: list[Tensor], student_temp: float,
+                           first_view: int = 0) -> Tensor:
+    """Sum over pairs (teacher view i, student view j), i != j, of the batch-mean -sum p_t log p_s, where
+    student_out[k] is view `first_view + k`. Summing it over a split of the student views (for example one call
+    per crop resolution) gives the sum over all pairs."""
+    total = student_out[0].new_zeros(())
+    for k, s in enumerate(student_out):
+        logp_s = F.log_softmax(s / student_temp, dim=-1)
+        for i, p_t in enumerate(teacher_probs):
+            if i != first_view + k:
+                total = total + torch.sum(-p_t * logp_s, dim=-1).mean()
+    return total
 
 
 def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float, distributed: bool = False) -> Tensor:

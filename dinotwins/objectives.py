@@ -10,13 +10,18 @@ and returns the loss with its parts and the collapse signals the trainer logs.
           `hybrid_loss`. The teacher (for DINO) is the EMA of backbone + DINO head only.
 
 Each crop resolution goes through the backbone in one call (all global crops batched, all local crops batched),
-as DINO's MultiCropWrapper does. The student is a separate `nn.Module` so the trainer can wrap it in DDP.
+as DINO's MultiCropWrapper does, and by default each resolution's part of the loss is backpropagated as soon as
+it is computed (see `SelfSupervised.compute_gradients`). The student is a separate `nn.Module` so the trainer can
+wrap it in DDP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +31,8 @@ from torch import Tensor, nn
 from dinotwins.backbone import ModelConfig, create_backbone, embed
 from dinotwins.ema import Center
 from dinotwins.heads import BarlowProjector, DINOHead
-from dinotwins.losses import barlow_twins_terms, dino_loss, hybrid_loss
+from dinotwins.losses import (barlow_twins_terms, dino_cross_entropy_sum, dino_pair_count, dino_teacher_probs,
+                              hybrid_loss)
 
 METHODS = ("dino", "barlow", "hybrid")
 
@@ -64,7 +70,7 @@ class HybridConfig:
 
 
 class Student(nn.Module):
-    """Backbone plus the heads of one method; forward maps views to head outputs."""
+    """Backbone plus the heads of one method; forward maps the crops of one resolution to head outputs."""
 
     def __init__(self, backbone: nn.Module, dino_head: DINOHead | None, projector: BarlowProjector | None):
         super().__init__()
@@ -72,16 +78,17 @@ class Student(nn.Module):
         self.dino_head = dino_head
         self.projector = projector
 
-    def forward(self, global_views: list[Tensor], local_views: list[Tensor]) -> dict[str, Tensor]:
-        global_feats = embed(self.backbone, torch.cat(global_views))  # (2B, D)
-        out: dict[str, Tensor] = {"global_feats": global_feats}
+    def forward(self, views: list[Tensor], project: bool = True) -> dict[str, Tensor]:
+        """`views`: crops of one size, batched into one backbone call. `project=False` skips the Barlow projector
+        (local crops: Barlow Twins sees the global crops only)."""
+        feats = embed(self.backbone, torch.cat(views))  # (n_views B, D)
+        out: dict[str, Tensor] = {"feats": feats}
         if self.dino_head is not None:
-            feats = global_feats
-            if local_views:
-                feats = torch.cat([global_feats, embed(self.backbone, torch.cat(local_views))])
-            out["dino"] = self.dino_head(feats)  # ((2 + n_local) B, K)
-        if self.projector is not None:
-            out["barlow"] = self.projector(global_feats)  # (2B, D_proj)
+            out["dino"] = self.dino_head(feats)  # (n_views B, K)
+        if self.projector is not None and project:
+            # One projector call per view, as in Barlow Twins: its BatchNorm layers normalize each view's batch
+            # on its own statistics.
+            out["barlow"] = torch.cat([self.projector(f) for f in feats.chunk(len(views))])  # (n_views B, D_proj)
         return out
 
 
@@ -115,42 +122,89 @@ class SelfSupervised(nn.Module):
         the student's."""
         return (self.teacher or self.student).backbone
 
-    def forward(self, student: nn.Module, global_views: list[Tensor], local_views: list[Tensor],
-                teacher_temp: float, distributed: bool = False,
-                teacher: nn.Module | None = None) -> tuple[Tensor, dict[str, float]]:
-        """Loss and logged signals. `student` is `self.student` or its DDP/compiled wrapper; `teacher`
-        defaults to `self.teacher` (pass its compiled wrapper to use that)."""
-        out = student(global_views, local_views)
+    def compute_gradients(self, student: nn.Module, global_views: list[Tensor], local_views: list[Tensor],
+                          teacher_temp: float, *, distributed: bool = False, teacher: nn.Module | None = None,
+                          autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+                          no_sync: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+                          per_resolution: bool = True) -> tuple[Tensor, dict[str, float]]:
+        """Forward and backward of the loss: leaves the gradients in the student's `.grad` (accumulated, so zero
+        them first) and returns the loss (detached) with the logged signals.
+
+        The loss is a sum of two parts: the local crops' (DINO over every (teacher view, local crop) pair) and the
+        global crops' (DINO over the other pairs, plus Barlow Twins). The teacher's targets carry no gradient, so
+        with `per_resolution` each part is backpropagated right after its forward: the gradients are those of one
+        backward of the sum, but the local crops' activations are freed before the global crops' exist, and the
+        peak memory holds one resolution's activations instead of all of them. `per_resolution=False` does one
+        backward of the sum (the reference the tests compare with).
+
+        `student` is `self.student` or its DDP/compiled wrapper; `teacher` defaults to `self.teacher` (pass its
+        compiled wrapper to use that). `autocast` opens the precision context for each forward (backward runs
+        outside it). `no_sync` is DDP's `no_sync`: gradients are all-reduced once, at the last backward, which
+        is the global crops' because it reaches every parameter.
+        """
         n_global = len(global_views)
         logs: dict[str, float] = {}
-        parts: dict[str, Tensor] = {}
+        teacher_probs: list[Tensor] = []
         if self.teacher is not None:
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 self.teacher.eval()
-                teacher_logits = (teacher if teacher is not None else self.teacher)(global_views, [])["dino"].float().chunk(n_global)
-            student_logits = out["dino"].float().chunk(n_global + len(local_views))
-            parts["dino"] = dino_loss(list(student_logits), list(teacher_logits), self.center.center,
-                                      self.dino_cfg.student_temp, teacher_temp)
-            logs.update(_teacher_signals(teacher_logits, self.center.center, teacher_temp, parts["dino"]))
-            self.center.update(list(teacher_logits))
-        if "barlow" in out:
-            z1, z2 = out["barlow"].float().chunk(2)
-            on_diag, off_diag = barlow_twins_terms(z1, z2, distributed)
-            parts["barlow"] = on_diag + self.barlow_cfg.lambd * off_diag
-            logs["barlow_on_diag"] = on_diag.item()
-            logs["barlow_off_diag"] = off_diag.item()
-            logs["barlow_diag_rms_error"] = math.sqrt(on_diag.item() / z1.shape[1])  # rms of 1 - C_ii
+                teacher_out = (teacher if teacher is not None else self.teacher)(global_views, project=False)
+                teacher_logits = list(teacher_out["dino"].float().chunk(n_global))
+            teacher_probs = dino_teacher_probs(teacher_logits, self.center.center, teacher_temp)
+            n_pairs = dino_pair_count(n_global, n_global + len(local_views))
+        # (views, index of their first view, is_global); the last group's backward is the synchronized one.
+        groups = [(global_views, 0, True)]
+        if self.student.dino_head is not None and local_views:
+            groups.insert(0, (local_views, n_global, False))
+        total: Tensor | None = None
+        sums: dict[str, Tensor] = {}
+        for index, (views, first_view, is_global) in enumerate(groups):
+            last = index == len(groups) - 1
+            with no_sync() if per_resolution and not last else contextlib.nullcontext():
+                with autocast():
+                    out = student(views, project=is_global)
+                    part: dict[str, Tensor] = {}
+                    if teacher_probs:
+                        logits = list(out["dino"].float().chunk(len(views)))
+                        part["dino"] = dino_cross_entropy_sum(logits, teacher_probs, self.dino_cfg.student_temp,
+                                                              first_view) / n_pairs
+                    if is_global and "barlow" in out:
+                        z1, z2 = out["barlow"].float().chunk(2)
+                        on_diag, off_diag = barlow_twins_terms(z1, z2, distributed)
+                        part["barlow"] = on_diag + self.barlow_cfg.lambd * off_diag
+                        logs["barlow_on_diag"] = on_diag.item()
+                        logs["barlow_off_diag"] = off_diag.item()
+                        logs["barlow_diag_rms_error"] = math.sqrt(on_diag.item() / z1.shape[1])  # rms of 1 - C_ii
+                    if is_global:
+                        logs["embed_std"] = _normalized_std(out["feats"].detach())
+                    loss = self._combine(part)
+                if per_resolution:
+                    loss.backward()
+                    loss = loss.detach()
+            total = loss if total is None else total + loss
+            for name, value in part.items():
+                sums[name] = sums.get(name, 0.0) + value.detach()
+        if not per_resolution:
+            total.backward()
+            total = total.detach()
+        if teacher_probs:
+            logs.update(_teacher_signals(teacher_logits, self.center.center, teacher_temp, sums["dino"]))
+            self.center.update(teacher_logits)
+        if self.method == "hybrid":
+            logs["loss_dino"] = sums["dino"].item()
+            logs["loss_barlow"] = sums["barlow"].item()
+        return total, logs
+
+    def _combine(self, part: dict[str, Tensor]) -> Tensor:
+        """The method's loss from its parts (over all views, or over one resolution's share of them): the loss is
+        linear in the DINO part, so the parts of a split add up to the loss of the whole."""
         if self.method == "dino":
-            loss = parts["dino"]
-        elif self.method == "barlow":
-            loss = parts["barlow"]
-        else:
-            loss = hybrid_loss(parts["dino"], parts["barlow"], self.hybrid_cfg.w_dino, self.hybrid_cfg.w_barlow,
-                               1.0 / self.student.projector.out_dim)
-            logs["loss_dino"] = parts["dino"].item()
-            logs["loss_barlow"] = parts["barlow"].item()
-        logs["embed_std"] = _normalized_std(out["global_feats"].detach())
-        return loss, logs
+            return part["dino"]
+        if self.method == "barlow":
+            return part["barlow"]
+        barlow = part.get("barlow", torch.zeros((), device=part["dino"].device))
+        return hybrid_loss(part["dino"], barlow, self.hybrid_cfg.w_dino, self.hybrid_cfg.w_barlow,
+                           1.0 / self.student.projector.out_dim)
 
 
 def _teacher_signals(teacher_logits: tuple[Tensor, ...], center: Tensor, teacher_temp: float,

@@ -11,9 +11,9 @@ What it is not: no data or loss maths (see data.py, augment.py, losses.py); I/O 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -87,10 +87,12 @@ class Trainer:
                 self.ssl.student = student
             student = DistributedDataParallel(student, device_ids=[self.device.index] if self.device.type == "cuda"
                                               else None)
+        self._ddp = student if isinstance(student, DistributedDataParallel) else None
         set_fused_attention(self.ssl, fused_attention_for(cfg.attention, self.device))
-        self.student_runner = torch.compile(student) if cfg.compile else student
-        self.teacher_runner = (torch.compile(self.ssl.teacher) if cfg.compile and self.ssl.teacher is not None
-                               else self.ssl.teacher)
+        # dynamic=False: the student is called once per crop size; each size gets its own static graph.
+        self.student_runner = torch.compile(student, dynamic=False) if cfg.compile else student
+        self.teacher_runner = (torch.compile(self.ssl.teacher, dynamic=False)
+                               if cfg.compile and self.ssl.teacher is not None else self.ssl.teacher)
         self.optimizer = torch.optim.AdamW(param_groups(self.ssl.student), lr=0.0, betas=cfg.optim.betas,
                                            **({"fused": True} if self.device.type == "cuda" else {"foreach": True}))
         self.multicrop = MultiCrop(cfg.augment)
@@ -133,16 +135,16 @@ class Trainer:
             group["weight_decay"] = values["weight_decay"] if group["apply_wd"] else 0.0
 
         self.ssl.student.train()
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            loss, logs = self.ssl(self.student_runner, global_views, local_views, values["teacher_temp"],
-                                  distributed=self.dist.enabled, teacher=self.teacher_runner)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, logs = self.ssl.compute_gradients(
+            self.student_runner, global_views, local_views, values["teacher_temp"], distributed=self.dist.enabled,
+            teacher=self.teacher_runner, autocast=self._autocast,
+            no_sync=self._ddp.no_sync if self._ddp is not None else contextlib.nullcontext,
+            per_resolution=cfg.backward_per_resolution)
         if not torch.isfinite(loss):
             raise TrainingStopped(f"loss is {loss.item()} at step {step}; stopped before the update "
                                   f"(last good checkpoint kept in {self.out / CHECKPOINT_DIR}). "
                                   f"Lower optim.base_lr or use precision fp32")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.ssl.student.parameters(), max_norm)
         if not torch.isfinite(grad_norm):
@@ -154,6 +156,10 @@ class Trainer:
         if self.ssl.teacher is not None:
             ema_update(self.ssl.teacher, self._unwrapped_student_for_ema(), values["momentum"])
         return {"loss": loss.item(), **values, "grad_norm": grad_norm.item(), **logs}
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
 
     def _unwrapped_student_for_ema(self) -> torch.nn.Module:
         # The teacher mirrors the student's backbone and DINO head, in that order; no projector.
@@ -260,7 +266,3 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = Tr
     finally:
         distributed.teardown()
 
-
-def default_threads() -> None:
-    """Use every core for intra-op work (torch's default can be lower in containers)."""
-    torch.set_num_threads(max(os.cpu_count() or 1, 1))

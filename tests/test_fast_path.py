@@ -2,7 +2,6 @@
 and the same update direction as the plain fp32 path with timm's fused attention, within bf16 tolerance."""
 
 import pytest
-import torch
 
 from dinotwins.trainer import Trainer
 from tests.conftest import smoke_config
@@ -36,3 +35,15 @@ def test_bf16_fast_path_matches_the_fp32_loss_and_gradient_within_bf16_tolerance
         if key in plain:
             assert fast[key] == pytest.approx(plain[key], rel=2e-2), key
     assert fast["grad_norm"] == pytest.approx(plain["grad_norm"], rel=5e-2)
+
+
+@pytest.mark.slow
+def test_compiled_step_gives_the_eager_loss_and_gradient(tmp_path):
+    """torch.compile'd student and teacher (one static graph per crop size) against the eager step, fp32."""
+    eager = first_step(tmp_path, "hybrid", "fp32", "explicit")
+    cfg = smoke_config("hybrid", precision="fp32", attention="explicit", seed=3, compile=True)
+    trainer = Trainer(cfg, tmp_path / "compiled", progress=False)
+    compiled = trainer.train_step(trainer.batch(0), 0)
+    for key in ("loss", "loss_dino", "loss_barlow"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-4), key
+    assert compiled["grad_norm"] == pytest.approx(eager["grad_norm"], rel=1e-3)

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from dinotwins.losses import barlow_twins_loss, cross_correlation, dino_loss, hybrid_loss
+from dinotwins.losses import (barlow_twins_loss, cross_correlation, dino_cross_entropy_sum, dino_loss, dino_pair_count,
+                              dino_teacher_probs, hybrid_loss)
 
 
 def reference_dino(student_out, teacher_out, center, student_temp, teacher_temp):
@@ -110,3 +110,15 @@ def test_hybrid_reduces_to_dino_at_weights_1_0_and_to_barlow_at_0_1():
     assert hybrid_loss(dino, barlow, 1.0, 0.0, 1 / 2048) == dino
     assert hybrid_loss(dino, barlow, 0.0, 1.0, 1.0) == barlow
     assert hybrid_loss(dino, barlow, 1.0, 1.0, 0.01) == pytest.approx(2.5 + 7.0)
+
+
+def test_dino_cross_entropy_summed_over_a_split_of_the_student_views_is_the_whole_sum():
+    torch.manual_seed(0)
+    teacher = [torch.randn(5, 16) for _ in range(2)]
+    student = [torch.randn(5, 16) for _ in range(6)]
+    probs = dino_teacher_probs(teacher, torch.zeros(16), 0.04)
+    whole = dino_cross_entropy_sum(student, probs, 0.1)
+    split = dino_cross_entropy_sum(student[:2], probs, 0.1) + dino_cross_entropy_sum(student[2:], probs, 0.1, 2)
+    assert split.item() == pytest.approx(whole.item(), rel=1e-6)
+    assert dino_pair_count(2, 6) == 10  # 2 x 6 pairs less the 2 where the teacher and student see one view
+    assert (whole / 10).item() == pytest.approx(dino_loss(student, teacher, torch.zeros(16), 0.1, 0.04).item())

@@ -1,5 +1,6 @@
 """The backbone, the objectives' gradients, and `load_model` on every kind of file it takes."""
 
+import copy
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from safetensors.torch import save_file
 from dinotwins import load_model
 from dinotwins.backbone import ModelConfig, create_backbone, last_layer_attention
 from dinotwins.errors import UserError
+from dinotwins.losses import dino_loss
 from dinotwins.objectives import BarlowConfig, DinoConfig, HybridConfig, SelfSupervised
 
 TINY = ModelConfig(embed_dim=24, depth=2, num_heads=3, image_size=16, patch_size=4, drop_path_rate=0.0)
@@ -50,8 +52,7 @@ def test_every_student_parameter_gets_a_gradient_and_the_teacher_none(method):
                          BarlowConfig(proj_dims=(16, 16)), HybridConfig())
     views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
     local = [torch.randn(4, 3, 8, 8) for _ in range(2)]
-    loss, logs = ssl(ssl.student, views, local, teacher_temp=0.04)
-    loss.backward()
+    loss, logs = ssl.compute_gradients(ssl.student, views, local, teacher_temp=0.04)
     for name, p in ssl.student.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     if ssl.teacher is not None:
@@ -66,10 +67,10 @@ def test_hybrid_with_zero_barlow_weight_is_exactly_dino():
     dino_cfg, barlow_cfg = DinoConfig(out_dim=32, hidden_dim=16, bottleneck_dim=8), BarlowConfig(proj_dims=(16, 16))
     hybrid = SelfSupervised("hybrid", TINY, dino_cfg, barlow_cfg, HybridConfig(w_dino=1.0, w_barlow=0.0))
     views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
-    loss, logs = hybrid(hybrid.student, views, [], teacher_temp=0.04)
+    loss, logs = hybrid.compute_gradients(hybrid.student, views, [], teacher_temp=0.04)
     assert loss.item() == pytest.approx(logs["loss_dino"], rel=1e-6)
     hybrid2 = SelfSupervised("hybrid", TINY, dino_cfg, barlow_cfg, HybridConfig(w_dino=0.0, w_barlow=1.0))
-    loss2, logs2 = hybrid2(hybrid2.student, views, [], teacher_temp=0.04)
+    loss2, logs2 = hybrid2.compute_gradients(hybrid2.student, views, [], teacher_temp=0.04)
     assert loss2.item() == pytest.approx(logs2["loss_barlow"] / 16, rel=1e-6)
 
 
@@ -157,3 +158,50 @@ def _pil(w, h):
     from PIL import Image
 
     return Image.new("RGB", (w, h), (120, 30, 200))
+
+
+@pytest.mark.parametrize("method", ["dino", "barlow", "hybrid"])
+def test_one_backward_per_resolution_gives_the_gradients_of_one_backward_of_the_sum(method):
+    torch.manual_seed(0)
+    with_drop_path = ModelConfig(**{**TINY.__dict__, "drop_path_rate": 0.2})  # same draws in both modes
+    ssl = SelfSupervised(method, with_drop_path, DinoConfig(out_dim=32, hidden_dim=16, bottleneck_dim=8),
+                         BarlowConfig(proj_dims=(16, 16)), HybridConfig())
+    twin = copy.deepcopy(ssl)
+    views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    local = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    torch.manual_seed(1)
+    split_loss, split_logs = ssl.compute_gradients(ssl.student, views, local, teacher_temp=0.04)
+    torch.manual_seed(1)
+    joint_loss, joint_logs = twin.compute_gradients(twin.student, views, local, teacher_temp=0.04,
+                                                    per_resolution=False)
+    assert split_loss.item() == pytest.approx(joint_loss.item(), rel=1e-6)
+    assert split_logs == pytest.approx(joint_logs, rel=1e-6)
+    for (name, p), q in zip(ssl.student.named_parameters(), twin.student.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_dino_loss_split_by_resolution_is_the_dino_loss_of_all_crops():
+    torch.manual_seed(0)
+    ssl = SelfSupervised("dino", TINY, DinoConfig(out_dim=32, hidden_dim=16, bottleneck_dim=8),
+                         BarlowConfig(proj_dims=(16, 16)), HybridConfig())
+    ssl.student.eval()  # no drop-path draws, so the two forwards below see the same network
+    views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    local = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    center = ssl.center.center.clone()
+    with torch.no_grad():
+        teacher = list(ssl.teacher(views)["dino"].chunk(2))
+        student = list(ssl.student(views)["dino"].chunk(2)) + list(ssl.student(local)["dino"].chunk(3))
+    expected = dino_loss(student, teacher, center, ssl.dino_cfg.student_temp, 0.04)
+    loss, _ = ssl.compute_gradients(ssl.student, views, local, teacher_temp=0.04)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_the_barlow_projector_normalizes_each_view_on_its_own_batch_statistics():
+    torch.manual_seed(0)
+    ssl = SelfSupervised("barlow", TINY, DinoConfig(), BarlowConfig(proj_dims=(16, 16)), HybridConfig())
+    a, b, c = (torch.randn(4, 3, 16, 16) for _ in range(3))
+    with torch.no_grad():
+        with_b = ssl.student([a, b])["barlow"][:4]
+        with_c = ssl.student([a, 3 * c + 1])["barlow"][:4]
+    # BatchNorm over both views at once would let the second view's statistics change the first view's output.
+    torch.testing.assert_close(with_b, with_c)

@@ -86,6 +86,16 @@ def test_torchrun_with_two_cpu_processes_trains_and_only_rank0_writes(tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
+
+@pytest.mark.slow
+def test_torchrun_ranks_hold_the_same_weights_after_one_backward_per_crop_resolution():
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+           "tests/ddp_sync_worker.py"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ranks in sync" in r.stdout
+
 def test_set_reads_exponent_numbers_that_yaml_leaves_as_strings():
     from dinotwins.cli import build_parser, resolve_config
     from dinotwins.config import build_config
