@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data test test-fast demo demo-models bench bench-levers bench-app clean
+.PHONY: setup data test test-fast demo demo-models bench bench-levers bench-memory bench-app clean
 
 setup: $(STAMP) data
 
@@ -52,10 +52,19 @@ BENCH_CFG := --img-size 32 --patch-size 4 --depth 12 --dim 192 --heads 3 --local
 	--batch-size 64 --out-dim 4096 --json
 bench-levers: setup
 	for flags in "--method dino --precision fp32 --attention fused" "--method dino --precision fp32 --attention explicit" \
-	  "--method dino --precision bf16 --attention fused" "--method dino" "--method dino --compile" \
+	  "--method dino --precision bf16 --attention fused" "--method dino --joint-backward" "--method dino" \
+  "--method dino --compile" \
 	  "--method barlow" "--method hybrid"; do \
 	  $(BIN)/python -m dinotwins.bench $(BENCH_CFG) $$flags | tail -1; done
 	$(BIN)/python -m dinotwins.bench --data-pipeline --json | tail -1
+
+# Max RSS of 4-step demo-preset runs on Fashion-MNIST (the issue's memory target), each backward mode.
+bench-memory: setup
+	for method in dino hybrid; do for per_res in true false; do \
+	  $(BIN)/python -c "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); \
+	  print(sys.argv[4], sys.argv[-1], round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9, 2), 'GB max RSS')" \
+	  $(BIN)/python train.py --method $$method --preset demo --data fashion-mnist --max-steps 4 --no-progress \
+	  --out $$(mktemp -d)/run --set backward_per_resolution=$$per_res; done; done
 
 bench-app: setup
 	$(BIN)/python -m app.bench

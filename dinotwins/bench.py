@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile student and teacher")
     p.add_argument("--attention", choices=("auto", "fused", "explicit"), default="auto",
                    help="auto: fused SDPA on GPU, explicit softmax(q k^T) v on CPU")
+    p.add_argument("--joint-backward", action="store_true",
+                   help="one backward over all crops instead of one per crop resolution (same gradients)")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
@@ -77,6 +79,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         method=args.method, data=f"synthetic:{max(64, args.batch_size)}", batch_size=args.batch_size,
         device=args.device, precision=args.precision, compile=args.compile, attention=args.attention,
+        backward_per_resolution=not args.joint_backward,
         max_steps=10**9, epochs=10**6, save_every=10**9, log_every=10**9,
         model=ModelConfig(arch=args.arch, image_size=args.img_size, patch_size=args.patch_size, embed_dim=args.dim,
                           depth=args.depth, num_heads=args.heads),
@@ -121,6 +124,7 @@ def bench_step(args: argparse.Namespace) -> dict[str, float | str]:
     return {
         "method": args.method, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(), "compile": bool(args.compile), "attention": args.attention,
+        "backward": "joint" if args.joint_backward else "per resolution",
         "batch_size": args.batch_size,
         "img_per_s": round(args.batch_size / step_s, 2), "step_s": round(step_s, 4),
         "gflop_per_img": round(flops_per_step / args.batch_size / 1e9, 3),

@@ -125,22 +125,23 @@ class SelfSupervised(nn.Module):
     def compute_gradients(self, student: nn.Module, global_views: list[Tensor], local_views: list[Tensor],
                           teacher_temp: float, *, distributed: bool = False, teacher: nn.Module | None = None,
                           autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-                          no_sync: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+                          no_sync: Callable[[], AbstractContextManager] | None = None,
                           per_resolution: bool = True) -> tuple[Tensor, dict[str, float]]:
         """Forward and backward of the loss: leaves the gradients in the student's `.grad` (accumulated, so zero
         them first) and returns the loss (detached) with the logged signals.
 
-        The loss is a sum of two parts: the local crops' (DINO over every (teacher view, local crop) pair) and the
-        global crops' (DINO over the other pairs, plus Barlow Twins). The teacher's targets carry no gradient, so
-        with `per_resolution` each part is backpropagated right after its forward: the gradients are those of one
-        backward of the sum, but the local crops' activations are freed before the global crops' exist, and the
-        peak memory holds one resolution's activations instead of all of them. `per_resolution=False` does one
+        The loss is a sum of two parts: the global crops' (DINO over their pairs, plus Barlow Twins) and the local
+        crops' (DINO over every (teacher view, local crop) pair). The teacher's targets carry no gradient, so with
+        `per_resolution` each part is backpropagated right after its forward: the gradients are those of one
+        backward of the sum, but only one resolution's activations are alive at a time. The global crops go
+        first, so the local crops' smaller tensors reuse the memory they freed. `per_resolution=False` does one
         backward of the sum (the reference the tests compare with).
 
         `student` is `self.student` or its DDP/compiled wrapper; `teacher` defaults to `self.teacher` (pass its
         compiled wrapper to use that). `autocast` opens the precision context for each forward (backward runs
-        outside it). `no_sync` is DDP's `no_sync`: gradients are all-reduced once, at the last backward, which
-        is the global crops' because it reaches every parameter.
+        outside it). `no_sync` is DDP's `no_sync`: gradients are then all-reduced once, at the last backward,
+        which must reach every parameter, so under DDP the local crops go first (under `no_sync`) and the global
+        crops, which reach the Barlow projector too, last.
         """
         n_global = len(global_views)
         logs: dict[str, float] = {}
@@ -152,15 +153,15 @@ class SelfSupervised(nn.Module):
                 teacher_logits = list(teacher_out["dino"].float().chunk(n_global))
             teacher_probs = dino_teacher_probs(teacher_logits, self.center.center, teacher_temp)
             n_pairs = dino_pair_count(n_global, n_global + len(local_views))
-        # (views, index of their first view, is_global); the last group's backward is the synchronized one.
+        # (views, index of their first view, is_global)
         groups = [(global_views, 0, True)]
         if self.student.dino_head is not None and local_views:
-            groups.insert(0, (local_views, n_global, False))
+            groups.insert(0 if no_sync is not None else 1, (local_views, n_global, False))
         total: Tensor | None = None
         sums: dict[str, Tensor] = {}
         for index, (views, first_view, is_global) in enumerate(groups):
-            last = index == len(groups) - 1
-            with no_sync() if per_resolution and not last else contextlib.nullcontext():
+            last = index == len(groups) - 1  # under DDP, the synchronized backward
+            with no_sync() if no_sync is not None and per_resolution and not last else contextlib.nullcontext():
                 with autocast():
                     out = student(views, project=is_global)
                     part: dict[str, Tensor] = {}

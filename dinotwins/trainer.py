@@ -11,7 +11,6 @@ What it is not: no data or loss maths (see data.py, augment.py, losses.py); I/O 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import time
@@ -139,7 +138,7 @@ class Trainer:
         loss, logs = self.ssl.compute_gradients(
             self.student_runner, global_views, local_views, values["teacher_temp"], distributed=self.dist.enabled,
             teacher=self.teacher_runner, autocast=self._autocast,
-            no_sync=self._ddp.no_sync if self._ddp is not None else contextlib.nullcontext,
+            no_sync=self._ddp.no_sync if self._ddp is not None else None,
             per_resolution=cfg.backward_per_resolution)
         if not torch.isfinite(loss):
             raise TrainingStopped(f"loss is {loss.item()} at step {step}; stopped before the update "

@@ -1,5 +1,6 @@
 """The backbone, the objectives' gradients, and `load_model` on every kind of file it takes."""
 
+import contextlib
 import copy
 import json
 
@@ -160,8 +161,9 @@ def _pil(w, h):
     return Image.new("RGB", (w, h), (120, 30, 200))
 
 
+@pytest.mark.parametrize("ddp_order", [False, True], ids=["global-first", "local-first-as-under-ddp"])
 @pytest.mark.parametrize("method", ["dino", "barlow", "hybrid"])
-def test_one_backward_per_resolution_gives_the_gradients_of_one_backward_of_the_sum(method):
+def test_one_backward_per_resolution_gives_the_gradients_of_one_backward_of_the_sum(method, ddp_order):
     torch.manual_seed(0)
     with_drop_path = ModelConfig(**{**TINY.__dict__, "drop_path_rate": 0.2})  # same draws in both modes
     ssl = SelfSupervised(method, with_drop_path, DinoConfig(out_dim=32, hidden_dim=16, bottleneck_dim=8),
@@ -170,10 +172,11 @@ def test_one_backward_per_resolution_gives_the_gradients_of_one_backward_of_the_
     views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
     local = [torch.randn(4, 3, 8, 8) for _ in range(3)]
     torch.manual_seed(1)
-    split_loss, split_logs = ssl.compute_gradients(ssl.student, views, local, teacher_temp=0.04)
+    no_sync = contextlib.nullcontext if ddp_order else None
+    split_loss, split_logs = ssl.compute_gradients(ssl.student, views, local, teacher_temp=0.04, no_sync=no_sync)
     torch.manual_seed(1)
     joint_loss, joint_logs = twin.compute_gradients(twin.student, views, local, teacher_temp=0.04,
-                                                    per_resolution=False)
+                                                    no_sync=no_sync, per_resolution=False)
     assert split_loss.item() == pytest.approx(joint_loss.item(), rel=1e-6)
     assert split_logs == pytest.approx(joint_logs, rel=1e-6)
     for (name, p), q in zip(ssl.student.named_parameters(), twin.student.parameters()):
