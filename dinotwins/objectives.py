@@ -139,9 +139,9 @@ class SelfSupervised(nn.Module):
 
         `student` is `self.student` or its DDP/compiled wrapper; `teacher` defaults to `self.teacher` (pass its
         compiled wrapper to use that). `autocast` opens the precision context for each forward (backward runs
-        outside it). `no_sync` is DDP's `no_sync`: gradients are then all-reduced once, at the last backward,
-        which must reach every parameter, so under DDP the local crops go first (under `no_sync`) and the global
-        crops, which reach the Barlow projector too, last.
+        outside it). `no_sync` is DDP's `no_sync`: every forward but the last runs under it, so gradients are
+        all-reduced once, in the backward after the last forward, which must reach every parameter; under DDP
+        the local crops go first and the global crops, which reach the Barlow projector too, last.
         """
         n_global = len(global_views)
         logs: dict[str, float] = {}
@@ -161,7 +161,7 @@ class SelfSupervised(nn.Module):
         sums: dict[str, Tensor] = {}
         for index, (views, first_view, is_global) in enumerate(groups):
             last = index == len(groups) - 1  # under DDP, the synchronized backward
-            with no_sync() if no_sync is not None and per_resolution and not last else contextlib.nullcontext():
+            with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
                 with autocast():
                     out = student(views, project=is_global)
                     part: dict[str, Tensor] = {}

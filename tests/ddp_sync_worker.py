@@ -1,5 +1,6 @@
-"""Run under torchrun by tests/test_train_cli.py: after a few hybrid steps with one backward per crop resolution
-(the first under DDP's no_sync), every rank must hold the same student weights. Prints 'ranks in sync'."""
+"""Run under torchrun by tests/test_train_cli.py. After a few hybrid steps, every rank must hold the same student
+weights, with one backward per crop resolution (the first under DDP's no_sync) and with one joint backward, and
+the two modes must give the same weights. Prints 'ranks in sync'."""
 
 import sys
 import tempfile
@@ -14,18 +15,23 @@ from dinotwins.trainer import Trainer  # noqa: E402
 from tests.conftest import smoke_config  # noqa: E402
 
 
+def trained_weights(out: Path, per_resolution: bool, steps: int) -> torch.Tensor:
+    cfg = smoke_config("hybrid", batch_size=8, seed=5, precision="fp32", backward_per_resolution=per_resolution)
+    trainer = Trainer(cfg, out, progress=False)
+    for step in range(steps):
+        trainer.train_step(trainer.batch(step), step)
+    return torch.cat([p.detach().flatten() for p in trainer.ssl.student.parameters()])
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(smoke_config("hybrid", batch_size=8, seed=5), Path(tmp) / "run", progress=False)
-        for step in range(3):
-            trainer.train_step(trainer.batch(step), step)
-        weights = torch.cat([p.detach().flatten() for p in trainer.ssl.student.parameters()])
-        gathered = [torch.empty_like(weights) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, weights)
-        moved = (weights - torch.cat([p.flatten() for p in Trainer(
-            smoke_config("hybrid", batch_size=8, seed=5), Path(tmp) / "fresh", progress=False).ssl.student
-            .parameters()])).abs().max().item()
-        assert moved > 0, "the weights did not change"
+        initial = trained_weights(Path(tmp) / "initial", True, 0)
+        split = trained_weights(Path(tmp) / "split", True, 3)
+        joint = trained_weights(Path(tmp) / "joint", False, 3)
+        assert (split - initial).abs().max().item() > 0, "the weights did not change"
+        torch.testing.assert_close(split, joint, rtol=1e-4, atol=1e-6)
+        gathered = [torch.empty_like(split) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, split)
         for other in gathered[1:]:
             torch.testing.assert_close(other, gathered[0], rtol=0, atol=0)
         if dist.get_rank() == 0:
