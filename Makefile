@@ -53,7 +53,7 @@ BENCH_CFG := --img-size 32 --patch-size 4 --depth 12 --dim 192 --heads 3 --local
 bench-levers: setup
 	for flags in "--method dino --precision fp32 --attention fused" "--method dino --precision fp32 --attention explicit" \
 	  "--method dino --precision bf16 --attention fused" "--method dino --joint-backward" "--method dino" \
-  "--method dino --compile" \
+	  "--method dino --compile" \
 	  "--method barlow" "--method hybrid"; do \
 	  $(BIN)/python -m dinotwins.bench $(BENCH_CFG) $$flags | tail -1; done
 	$(BIN)/python -m dinotwins.bench --data-pipeline --json | tail -1
