@@ -1,8 +1,9 @@
 """The three self-supervised objectives as one module: a student, an optional EMA teacher, their heads.
 
 `SelfSupervised` holds the student (backbone + the heads its method needs), the momentum teacher (a copy of
-the student's backbone and DINO head, no gradients) and the DINO center. `forward` takes the augmented views
-and returns the loss with its parts and the collapse signals the trainer logs.
+the student's backbone and DINO head, no gradients) and the DINO center. `compute_gradients` takes the
+augmented views, backpropagates the loss into the student, and returns the loss with its parts and the collapse
+signals the trainer logs.
 
 - dino:   student sees all crops; teacher sees the 2 global crops; `dino_loss`.
 - barlow: the backbone + projector on the 2 global crops; `barlow_twins_loss`. No teacher.
