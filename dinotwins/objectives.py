@@ -158,8 +158,7 @@ class SelfSupervised(nn.Module):
         groups = [(global_views, 0, True)]
         if self.student.dino_head is not None and local_views:
             groups.insert(0 if no_sync is not None else 1, (local_views, n_global, False))
-        total: Tensor | None = None
-        sums: dict[str, Tensor] = {}
+        sums: dict[str, Tensor] = {}  # each part of the loss summed over the groups
         for index, (views, first_view, is_global) in enumerate(groups):
             last = index == len(groups) - 1  # under DDP, the synchronized backward
             with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
@@ -179,23 +178,21 @@ class SelfSupervised(nn.Module):
                         logs["barlow_diag_rms_error"] = math.sqrt(on_diag.item() / z1.shape[1])  # rms of 1 - C_ii
                     if is_global:
                         logs["embed_std"] = _normalized_std(out["feats"].detach())
-                    loss = self._combine(part)
                 if per_resolution:
-                    loss.backward()
-                    loss = loss.detach()
-            total = loss if total is None else total + loss
+                    self._combine(part).backward()
+                    part = {name: value.detach() for name, value in part.items()}
             for name, value in part.items():
-                sums[name] = sums.get(name, 0.0) + value.detach()
+                sums[name] = sums[name] + value if name in sums else value
+        total = self._combine(sums)
         if not per_resolution:
             total.backward()
-            total = total.detach()
         if teacher_probs:
             logs.update(_teacher_signals(teacher_logits, self.center.center, teacher_temp, sums["dino"]))
             self.center.update(teacher_logits)
         if self.method == "hybrid":
             logs["loss_dino"] = sums["dino"].item()
             logs["loss_barlow"] = sums["barlow"].item()
-        return total, logs
+        return total.detach(), logs
 
     def _combine(self, part: dict[str, Tensor]) -> Tensor:
         """The method's loss from its parts (over all views, or over one resolution's share of them): the loss is
