@@ -224,7 +224,7 @@ def _device(choice: str) -> str:
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every row the command prints, in order: the models, then the baselines."""
-    from dinotwins.model import LoadedModel, load_model  # heavy imports after the cheap checks
+    from dinotwins.model import load_model  # heavy imports after the cheap checks
 
     check_options(args.k, args.temperature, args.label_fraction)
     for flag, value in (("--limit-train", args.limit_train), ("--limit-test", args.limit_test)):
@@ -235,12 +235,22 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     size = models[0].image_size
     train = limit_dataset(load_dataset(args.data, "train", image_size=size), args.limit_train, args.seed)
     test = limit_dataset(load_dataset(args.data, "test", image_size=size), args.limit_test, args.seed)
-    options = dict(k=args.k, temperature=args.temperature, label_fraction=args.label_fraction, seed=args.seed)
-    if args.baselines:
-        models.append(LoadedModel.random_like(models[0], seed=args.seed))
-    rows = [evaluate_model(m, train, test, cache_dir=args.cache_dir, progress=not args.no_progress, **options)
-            for m in models]
-    if args.baselines:
+    return evaluate_all(models, train, test, k=args.k, temperature=args.temperature,
+                        label_fraction=args.label_fraction, seed=args.seed, baselines=args.baselines,
+                        cache_dir=args.cache_dir, progress=not args.no_progress)
+
+
+def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: int = KNN_K,
+                 temperature: float = KNN_TEMPERATURE, label_fraction: float = LABEL_FRACTION, seed: int = 0,
+                 baselines: bool = True, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+                 progress: bool = False) -> list[dict[str, Any]]:
+    """The rows of `LoadedModel`s, then (with `baselines`) raw pixels and a random-init ViT like the first."""
+    from dinotwins.model import LoadedModel
+
+    options = dict(k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
+    models = list(models) + ([LoadedModel.random_like(models[0], seed=seed)] if baselines else [])
+    rows = [evaluate_model(m, train, test, cache_dir=cache_dir, progress=progress, **options) for m in models]
+    if baselines:
         rows.insert(len(rows) - 1, evaluate_raw_pixels(train, test, **options))
     return rows
 

@@ -53,7 +53,8 @@ def quick_check_row(model, data: str, cache_dir: str | Path | None = None) -> di
 def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str) -> dict[str, Any]:
     import yaml
 
-    from dinotwins.evaluate import build_parser, run
+    from dinotwins.data import load_dataset
+    from dinotwins.evaluate import evaluate_all
     from dinotwins.model import load_model
     from dinotwins.runlog import read_metrics
 
@@ -62,8 +63,9 @@ def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str) -
         raise UserError(f"{run_dir} lacks {', '.join(missing)}; ship a finished run")
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     metrics = read_metrics(run_dir / "metrics.jsonl")
-    full = run(build_parser().parse_args([str(run_dir / "model.safetensors"), "--data", data, "--no-progress"]))
     model = load_model(run_dir / "model.safetensors")
+    train, test = (load_dataset(data, split, image_size=model.image_size) for split in ("train", "test"))
+    full = evaluate_all([model], train, test)  # the model's row, then the two baselines
     steps = int(model.metadata.get("steps") or (metrics[-1]["step"] if metrics else 0))
     report = {
         "command": command,
