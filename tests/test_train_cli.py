@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,7 +77,7 @@ def test_empty_folder_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_torchrun_with_two_cpu_processes_trains_and_only_rank0_writes(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "train.py", "--method", "hybrid", "--data", "synthetic:64", "--preset", "smoke", "--out", str(out),
            "--device", "cpu", "--no-progress", "--batch-size", "8"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -86,15 +88,15 @@ def test_torchrun_with_two_cpu_processes_trains_and_only_rank0_writes(tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
-
 @pytest.mark.slow
 def test_torchrun_ranks_hold_the_same_weights_after_one_backward_per_crop_resolution():
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "tests/ddp_sync_worker.py"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ranks in sync" in r.stdout
+
 
 def test_set_reads_exponent_numbers_that_yaml_leaves_as_strings():
     from dinotwins.cli import build_parser, resolve_config
