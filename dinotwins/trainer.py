@@ -121,6 +121,12 @@ class Trainer:
                                                     cfg.dino.teacher_temp),
         }
 
+    def freeze_last_layer_steps(self) -> int:
+        """Steps during which the DINO head's last layer is kept fixed: `dino.freeze_last_layer_epochs`, clipped
+        to a tenth of the run like the lr warm-up (1 of 100 epochs in the paper; unclipped, a 2-epoch run would
+        freeze it for half its length)."""
+        return min(int(self.cfg.dino.freeze_last_layer_epochs * self.steps_per_epoch), self.total_steps // 10)
+
     # ----------------------------------------------------------------------------------------- one step
     def train_step(self, images: torch.Tensor, step: int) -> dict[str, float]:
         """One optimisation step on a uint8 batch (B, C, H, W); returns the logged values."""
@@ -149,7 +155,7 @@ class Trainer:
         if not torch.isfinite(grad_norm):
             raise TrainingStopped(f"gradient norm is {grad_norm.item()} at step {step}; stopped before the "
                                   f"update (last good checkpoint kept in {self.out / CHECKPOINT_DIR})")
-        if self.ssl.student.dino_head is not None and step < cfg.dino.freeze_last_layer_epochs * self.steps_per_epoch:
+        if self.ssl.student.dino_head is not None and step < self.freeze_last_layer_steps():
             self.ssl.student.dino_head.cancel_last_layer_gradients()
         self.optimizer.step()
         if self.ssl.teacher is not None:

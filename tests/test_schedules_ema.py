@@ -71,3 +71,20 @@ def test_center_is_an_ema_of_the_teacher_batch_mean():
     center = Center(3, momentum=0.9)
     center.update([torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[3.0, 2.0, 1.0]])])
     assert torch.allclose(center.center, torch.tensor([[0.2, 0.2, 0.2]]))
+
+
+def test_dino_last_layer_stays_frozen_for_a_tenth_of_a_short_run_then_learns(tmp_path):
+    """freeze_last_layer_epochs is clipped to a tenth of the run: 1 epoch of a 20-step run freezes 2 steps."""
+    from dinotwins.trainer import Trainer
+    from tests.conftest import smoke_config
+
+    cfg = smoke_config("dino", epochs=10, max_steps=20, dino={"freeze_last_layer_epochs": 1000.0})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.freeze_last_layer_steps() == 2
+    last_layer = trainer.ssl.student.dino_head.last_layer
+    changed = []
+    for step in range(3):
+        before = last_layer.detach().clone()
+        trainer.train_step(trainer.batch(step), step)
+        changed.append(not torch.equal(before, last_layer.detach()))
+    assert changed == [False, False, True]
