@@ -106,3 +106,13 @@ def test_set_reads_exponent_numbers_that_yaml_leaves_as_strings():
                                       "--set", "optim.base_lr=1e-3", "--set", "optim.min_lr=2E-6"])
     cfg = build_config(resolve_config(args))
     assert cfg.optim.base_lr == 1e-3 and cfg.optim.min_lr == 2e-6
+
+
+@pytest.mark.parametrize("preset", ["default", "demo", "cpu", "smoke"])
+@pytest.mark.parametrize("method", ["dino", "barlow", "hybrid"])
+def test_every_shipped_preset_resolves_to_a_valid_config(preset, method):
+    from dinotwins.config import available_presets, build_config, load_preset, merge
+
+    assert preset in available_presets()
+    cfg = build_config(merge(load_preset(preset), {"method": method}))
+    assert cfg.augment.global_size == cfg.model.image_size and cfg.method == method
