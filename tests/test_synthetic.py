@@ -1,5 +1,4 @@
-"""The procedural synthetic dataset: determinism, exact masks, balanced labels, speed, and its `--data` spec."""
-
+"""The procedural synthetic dataset: determinism, exact masks, balanced labels, and its `--data` spec."""
 
 import pytest
 import torch
