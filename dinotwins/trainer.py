@@ -108,10 +108,10 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- schedules
     def schedule(self, step: int) -> dict[str, float]:
-        cfg, spe = self.cfg, self.steps_per_epoch
-        warmup = min(int(cfg.optim.warmup_epochs * spe), self.total_steps // 10)
+        cfg = self.cfg
+        warmup = self._phase_steps(cfg.optim.warmup_epochs, at_most_one_in=10)
         peak_lr = schedules.scaled_lr(cfg.optim.base_lr, cfg.batch_size * self.dist.world_size)
-        temp_warmup = min(int(cfg.dino.warmup_teacher_temp_epochs * spe), self.total_steps // 3)
+        temp_warmup = self._phase_steps(cfg.dino.warmup_teacher_temp_epochs, at_most_one_in=3)
         return {
             "lr": schedules.cosine(step, self.total_steps, peak_lr, cfg.optim.min_lr, warmup),
             "weight_decay": schedules.cosine(step, self.total_steps, cfg.optim.weight_decay,
@@ -125,7 +125,12 @@ class Trainer:
         """Steps during which the DINO head's last layer is kept fixed: `dino.freeze_last_layer_epochs`, clipped
         to a tenth of the run like the lr warm-up (1 of 100 epochs in the paper; unclipped, a 2-epoch run would
         freeze it for half its length)."""
-        return min(int(self.cfg.dino.freeze_last_layer_epochs * self.steps_per_epoch), self.total_steps // 10)
+        return self._phase_steps(self.cfg.dino.freeze_last_layer_epochs, at_most_one_in=10)
+
+    def _phase_steps(self, epochs: float, at_most_one_in: int) -> int:
+        """The steps of an opening phase given in epochs, clipped to 1/`at_most_one_in` of the run so a short run
+        keeps the phase in proportion."""
+        return min(int(epochs * self.steps_per_epoch), self.total_steps // at_most_one_in)
 
     # ----------------------------------------------------------------------------------------- one step
     def train_step(self, images: torch.Tensor, step: int) -> dict[str, float]:

@@ -6,6 +6,8 @@ from torch import nn
 
 from dinotwins.ema import Center, ema_update
 from dinotwins.schedules import cosine, linear_warmup, scaled_lr
+from dinotwins.trainer import Trainer
+from tests.conftest import smoke_config
 
 
 def test_cosine_schedule_at_known_points():
@@ -75,9 +77,6 @@ def test_center_is_an_ema_of_the_teacher_batch_mean():
 
 def test_dino_last_layer_stays_frozen_for_a_tenth_of_a_short_run_then_learns(tmp_path):
     """freeze_last_layer_epochs is clipped to a tenth of the run: 1 epoch of a 20-step run freezes 2 steps."""
-    from dinotwins.trainer import Trainer
-    from tests.conftest import smoke_config
-
     cfg = smoke_config("dino", epochs=10, max_steps=20, dino={"freeze_last_layer_epochs": 1000.0})
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     assert trainer.freeze_last_layer_steps() == 2
