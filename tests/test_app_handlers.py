@@ -2,6 +2,10 @@
 cache. Tiny smoke-trained models (`smoke_runs`) and a 256-image synthetic gallery; no server, no browser."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -15,6 +19,8 @@ from app.gallery import Gallery, load_gallery
 from app.models import ModelCache
 from app.ui import attention_handler, build_app, projection_handler, read_query, retrieve_handler
 from dinotwins.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -140,6 +146,17 @@ def test_procrustes_alignment_undoes_rotation_reflection_scale_and_shift():
     aligned = projection.align_layouts([reference, moved])
     assert np.allclose(aligned[0], aligned[1], atol=1e-5)
     assert np.allclose(aligned[0].mean(axis=0), 0, atol=1e-6)
+
+
+def test_umap_leaves_the_thread_count_from_omp_num_threads_in_place():
+    # A fresh process, as a user starts the app: numba alone raises torch's 1 thread to every core.
+    code = ("import numpy as np, torch; from app.projection import umap_2d; "
+            "umap_2d(np.random.default_rng(0).random((80, 8), dtype=np.float32), n_epochs=5); "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "1"
 
 
 def test_subsample_is_seeded_sorted_and_capped():
