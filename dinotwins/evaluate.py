@@ -1,6 +1,7 @@
 """Evaluate frozen self-supervised ViTs: `python -m dinotwins.evaluate MODEL [MODEL ...] --data SPEC`.
 
-One row per model, plus two baselines (raw pixels; a randomly initialized ViT shaped like the first MODEL):
+One row per model, plus baselines (raw pixels; a randomly initialized ViT for each distinct model shape, named by
+its blocks, width, image and patch size, so models of two sizes get two random rows):
 - k-NN: the DINO paper's weighted vote (k = 20, T = 0.07) of the test split against every train label (knn.py);
 - linear probe: logistic regression on a class-balanced, seeded 10 % of the train labels, the DinoTwins paper's
   low-label protocol (probe.py);
@@ -244,14 +245,18 @@ def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: in
                  temperature: float = KNN_TEMPERATURE, label_fraction: float = LABEL_FRACTION, seed: int = 0,
                  baselines: bool = True, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
                  progress: bool = False) -> list[dict[str, Any]]:
-    """The rows of `LoadedModel`s, then (with `baselines`) raw pixels and a random-init ViT like the first."""
+    """The rows of `LoadedModel`s, then (with `baselines`) raw pixels and one random-init ViT per distinct shape
+    among the models, in the models' order."""
     from dinotwins.model import LoadedModel
 
     options = dict(k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
-    models = list(models) + ([LoadedModel.random_like(models[0], seed=seed)] if baselines else [])
+    models = list(models)
     rows = [evaluate_model(m, train, test, cache_dir=cache_dir, progress=progress, **options) for m in models]
     if baselines:
-        rows.insert(len(rows) - 1, evaluate_raw_pixels(train, test, **options))
+        rows.append(evaluate_raw_pixels(train, test, **options))
+        shapes = {json.dumps(dataclasses.asdict(m.config), sort_keys=True): m for m in models}
+        rows += [evaluate_model(LoadedModel.random_like(m, seed=seed), train, test, cache_dir=cache_dir,
+                                progress=progress, **options) for m in shapes.values()]
     return rows
 
 

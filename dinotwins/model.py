@@ -87,7 +87,10 @@ class LoadedModel:
         """A randomly initialized backbone of the same architecture: the evaluation's baseline."""
         torch.manual_seed(seed)
         backbone = create_backbone(other.config)
-        return cls(backbone, other.config, name=f"random-init {other.config.arch}", metadata={"method": "random"},
+        shape = (f"{len(backbone.blocks)} blocks, dim {int(backbone.num_features)}, "
+                 f"{other.config.image_size} px / patch {patch_size_of(backbone)}")
+        return cls(backbone, other.config, name=f"random-init {other.config.arch} ({shape})",
+                   metadata={"method": "random"},
                    weights_hash=f"random-{seed}-{_config_hash(other.config)}", device=other.device,
                    mean=other.mean, std=other.std)
 

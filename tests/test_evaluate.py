@@ -130,6 +130,17 @@ def test_data_without_masks_scores_attention_on_synthetic_at_the_model_size(tiny
     assert 0.0 <= mean_heads <= 1.0 and 0.0 <= best_head <= 1.0
 
 
+def test_models_of_two_shapes_get_a_random_init_baseline_each_named_by_its_shape(tiny_model, tmp_path):
+    deeper_config = dataclasses.replace(TINY, depth=TINY.depth + 1)
+    deeper = LoadedModel(create_backbone(deeper_config), deeper_config, name="deeper", metadata={},
+                         weights_hash="deeper-test-weights")
+    data = load_dataset("synthetic:32", "train", image_size=16)
+    rows = evaluate_module.evaluate_all([tiny_model, deeper, tiny_model], data, data, k=5, cache_dir=tmp_path)
+    names = [row["model"] for row in rows]
+    assert names[:4] == ["tiny", "deeper", "tiny", "raw pixels"] and len(names) == 6
+    assert f"{TINY.depth} blocks" in names[4] and f"{TINY.depth + 1} blocks" in names[5]
+
+
 # ------------------------------------------------------------------------------------------------ command line
 def test_cli_json_has_a_row_per_model_and_both_baselines(smoke_runs, tmp_path, capsys):
     args = [str(smoke_runs["dino"]), str(smoke_runs["barlow"] / "model.safetensors"), "--data", "synthetic:64",
@@ -137,7 +148,7 @@ def test_cli_json_has_a_row_per_model_and_both_baselines(smoke_runs, tmp_path, c
     assert main(args) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["model"] for row in rows][:3] == ["dino", "barlow", "raw pixels"]
-    assert rows[3]["model"].startswith("random-init")
+    assert rows[3]["model"].startswith("random-init") and len(rows) == 4  # both models share one shape
     for row in rows:
         assert tuple(row) == COLUMNS
         assert (row["num_train"], row["num_test"]) == (48, 64)
