@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 autocast where the device computes it fast")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the networks (GPU)")
     p.add_argument("--save-every", type=int, help="steps between resumable checkpoints")
+    p.add_argument("--export-every", type=int,
+                   help="also keep the exported weights every N steps in exports/ (a learning curve; 0: never)")
     p.add_argument("--stop-on-collapse", action="store_true", default=None,
                    help="stop (exit 3) instead of warning when the collapse monitor fires")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -63,7 +65,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     flags = {"method": args.method, "data": args.data, "epochs": args.epochs, "max_steps": args.max_steps,
              "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
              "precision": args.precision, "compile": args.compile, "save_every": args.save_every,
-             "stop_on_collapse": args.stop_on_collapse}
+             "export_every": args.export_every, "stop_on_collapse": args.stop_on_collapse}
     data = merge(data, {k: v for k, v in flags.items() if v is not None})
     data = merge(data, dotted_to_nested(args.set))
     if "method" not in data:

@@ -57,6 +57,9 @@ class TrainConfig:
     save_every: int = 500  # steps between resumable checkpoints
     log_every: int = 10  # steps between metrics.jsonl rows
     keep_checkpoints: int = 2  # resumable checkpoints kept, newest first
+    # Every this many steps also keep the exported weights as exports/step_XXXXXXXX.safetensors (0: never), so
+    # a learning curve can be scored afterwards with `python -m dinotwins.evaluate` on each file.
+    export_every: int = 0
     export_dtype: str = "float32"  # float32 | float16 for the exported weights
     stop_on_collapse: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -74,6 +77,7 @@ class TrainConfig:
             (self.epochs > 0, f"--epochs must be positive, got {self.epochs}"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
             (self.save_every >= 1, f"--save-every must be at least 1 step, got {self.save_every}"),
+            (self.export_every >= 0, f"--export-every must be 0 (off) or a step count, got {self.export_every}"),
             (self.log_every >= 1, f"log_every must be at least 1 step, got {self.log_every}"),
             (self.keep_checkpoints >= 2, f"keep_checkpoints must be at least 2, got {self.keep_checkpoints}"),
             (self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}"),

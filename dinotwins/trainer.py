@@ -39,6 +39,7 @@ from dinotwins.precision import pick_precision
 from dinotwins.runlog import RunLog
 
 CHECKPOINT_DIR = "checkpoints"
+EXPORTS_DIR = "exports"  # the weights kept every `export_every` steps
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -204,6 +205,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
                                     img_s=f"{img_per_s:.1f}")
                 bar.update(1)
+                if cfg.export_every and self.step % cfg.export_every == 0:
+                    self.export(self.out / EXPORTS_DIR / f"step_{self.step:08d}.safetensors")
                 if self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     self.save()
             self.save()
@@ -233,9 +236,12 @@ class Trainer:
             self.export()
         distributed.barrier()
 
-    def export(self) -> None:
+    def export(self, path: Path | None = None) -> None:
+        """The backbone as safetensors with its provenance, to `model.safetensors` in the run unless `path`."""
         if self.dist.is_main:
-            export_backbone(self.ssl.export_backbone(), self.cfg.model, self.out / EXPORT_NAME,
+            path = path or self.out / EXPORT_NAME
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export_backbone(self.ssl.export_backbone(), self.cfg.model, path,
                             method=self.cfg.method, data=self.cfg.data, steps=self.step,
                             dtype=getattr(torch, self.cfg.export_dtype),
                             extra={"total_steps": self.total_steps, "epochs": self.step / self.steps_per_epoch})

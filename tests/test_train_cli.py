@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors import safe_open
 
 from tests.conftest import free_port
 
@@ -22,7 +24,7 @@ def run_train(*args, cwd=ROOT, env=None, timeout=300):
 def test_smoke_run_writes_config_metrics_checkpoint_and_export(tmp_path):
     out = tmp_path / "run"
     r = run_train("--method", "hybrid", "--data", "synthetic:64", "--preset", "smoke", "--out", out,
-                  "--no-progress")
+                  "--no-progress", "--export-every", "2")
     assert r.returncode == 0, r.stderr
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["method"] == "hybrid" and cfg["model"]["depth"] == 2
@@ -34,6 +36,19 @@ def test_smoke_run_writes_config_metrics_checkpoint_and_export(tmp_path):
         assert key in rows[-1], key
     assert (out / "model.safetensors").is_file()
     assert list((out / "checkpoints").glob("step_*.pt"))
+    # --export-every 2: the weights of steps 2 and 4 kept for a learning curve, the last one the final model's.
+    kept = sorted((out / "exports").iterdir())
+    assert [p.name for p in kept] == ["step_00000002.safetensors", "step_00000004.safetensors"]
+    with safe_open(str(kept[0]), "pt") as f:
+        assert json.loads(f.metadata()["dinotwins"])["steps"] == 2
+    first, last, final = tensors(kept[0]), tensors(kept[1]), tensors(out / "model.safetensors")
+    assert last.keys() == final.keys() and all(torch.equal(last[k], final[k]) for k in final)
+    assert not all(torch.equal(first[k], last[k]) for k in last)
+
+
+def tensors(path: Path) -> dict:
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in sorted(f.keys())}
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -43,6 +58,7 @@ def test_smoke_run_writes_config_metrics_checkpoint_and_export(tmp_path):
     (["--method", "dino", "--data", "synthetic", "--batch-size", "1"], "--batch-size"),
     (["--method", "dino", "--data", "synthetic", "--set", "dino.nope=3"], "dino.nope"),
     (["--method", "dino", "--data", "synthetic", "--epochs", "-1"], "--epochs"),
+    (["--method", "dino", "--data", "synthetic", "--export-every", "-5"], "--export-every"),
     (["--method", "dino", "--data", "synthetic", "--preset", "huge"], "unknown preset"),
     (["--method", "dino", "--data", "synthetic", "--set", "optim.base_lr=fast"], "optim.base_lr"),
     (["--method", "dino", "--data", "synthetic", "--set", "optim.base_lr=.nan"], "optim.base_lr"),
