@@ -1,7 +1,7 @@
 """Evaluate frozen self-supervised ViTs: `python -m dinotwins.evaluate MODEL [MODEL ...] --data SPEC`.
 
 One row per model, plus baselines (raw pixels; a randomly initialized ViT for each distinct model shape, named by
-its blocks, width, image and patch size, so models of two sizes get two random rows):
+its blocks, width, heads, image and patch size, so models of two sizes get two random rows):
 - k-NN: the DINO paper's weighted vote (k = 20, T = 0.07) of the test split against every train label (knn.py);
 - linear probe: logistic regression on a class-balanced, seeded 10 % of the train labels, the DinoTwins paper's
   low-label protocol (probe.py);
@@ -254,9 +254,12 @@ def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: in
     rows = [evaluate_model(m, train, test, cache_dir=cache_dir, progress=progress, **options) for m in models]
     if baselines:
         rows.append(evaluate_raw_pixels(train, test, **options))
-        shapes = {json.dumps(dataclasses.asdict(m.config), sort_keys=True): m for m in models}
-        rows += [evaluate_model(LoadedModel.random_like(m, seed=seed), train, test, cache_dir=cache_dir,
-                                progress=progress, **options) for m in shapes.values()]
+        randoms: dict[str, LoadedModel] = {}
+        for m in models:  # one per shape: settings that leave the weights alone (drop path) do not count
+            random_model = LoadedModel.random_like(m, seed=seed)
+            randoms.setdefault(random_model.name, random_model)
+        rows += [evaluate_model(m, train, test, cache_dir=cache_dir, progress=progress, **options)
+                 for m in randoms.values()]
     return rows
 
 

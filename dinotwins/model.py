@@ -88,7 +88,8 @@ class LoadedModel:
         torch.manual_seed(seed)
         backbone = create_backbone(other.config)
         shape = (f"{len(backbone.blocks)} blocks, dim {int(backbone.num_features)}, "
-                 f"{other.config.image_size} px / patch {patch_size_of(backbone)}")
+                 f"{backbone.blocks[-1].attn.num_heads} heads, {other.config.image_size} px / patch "
+                 f"{patch_size_of(backbone)}")
         return cls(backbone, other.config, name=f"random-init {other.config.arch} ({shape})",
                    metadata={"method": "random"},
                    weights_hash=f"random-{seed}-{_config_hash(other.config)}", device=other.device,

@@ -134,10 +134,13 @@ def test_models_of_two_shapes_get_a_random_init_baseline_each_named_by_its_shape
     deeper_config = dataclasses.replace(TINY, depth=TINY.depth + 1)
     deeper = LoadedModel(create_backbone(deeper_config), deeper_config, name="deeper", metadata={},
                          weights_hash="deeper-test-weights")
+    dropping_config = dataclasses.replace(TINY, drop_path_rate=0.1)  # the same weights' shape: no third row
+    dropping = LoadedModel(create_backbone(dropping_config), dropping_config, name="dropping", metadata={},
+                           weights_hash="dropping-test-weights")
     data = load_dataset("synthetic:32", "train", image_size=16)
-    rows = evaluate_module.evaluate_all([tiny_model, deeper, tiny_model], data, data, k=5, cache_dir=tmp_path)
+    rows = evaluate_module.evaluate_all([tiny_model, deeper, dropping], data, data, k=5, cache_dir=tmp_path)
     names = [row["model"] for row in rows]
-    assert names[:4] == ["tiny", "deeper", "tiny", "raw pixels"] and len(names) == 6
+    assert names[:4] == ["tiny", "deeper", "dropping", "raw pixels"] and len(names) == 6
     assert f"{TINY.depth} blocks" in names[4] and f"{TINY.depth + 1} blocks" in names[5]
 
 
