@@ -209,8 +209,7 @@ class Trainer:
                     self.export(self.out / EXPORTS_DIR / f"step_{self.step:08d}.safetensors")
                 if self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     self.save()
-            self.save()
-            self.export()
+            self.save()  # the last checkpoint and the final model.safetensors
         finally:
             bar.close()
         return self.out
