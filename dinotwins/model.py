@@ -87,13 +87,12 @@ class LoadedModel:
         """A randomly initialized backbone of the same architecture: the evaluation's baseline."""
         torch.manual_seed(seed)
         backbone = create_backbone(other.config)
-        shape = (f"{len(backbone.blocks)} blocks, dim {int(backbone.num_features)}, "
-                 f"{backbone.blocks[-1].attn.num_heads} heads, {other.config.image_size} px / patch "
-                 f"{patch_size_of(backbone)}")
-        return cls(backbone, other.config, name=f"random-init {other.config.arch} ({shape})",
-                   metadata={"method": "random"},
-                   weights_hash=f"random-{seed}-{_config_hash(other.config)}", device=other.device,
-                   mean=other.mean, std=other.std)
+        model = cls(backbone, other.config, name="", metadata={"method": "random"},
+                    weights_hash=f"random-{seed}-{_config_hash(other.config)}", device=other.device,
+                    mean=other.mean, std=other.std)
+        model.name = (f"random-init {other.config.arch} ({len(backbone.blocks)} blocks, dim {model.embed_dim}, "
+                      f"{model.num_heads} heads, {model.image_size} px / patch {model.patch_size})")
+        return model
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
