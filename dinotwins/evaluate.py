@@ -233,12 +233,33 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise UserError(f"{flag} must be at least 1, got {value}")
     device = _device(args.device)
     models = [load_model(path, device=device) for path in args.models]
+    for model, name in zip(models, distinct_names([m.name for m in models], args.models)):
+        model.name = name
     size = models[0].image_size
     train = limit_dataset(load_dataset(args.data, "train", image_size=size), args.limit_train, args.seed)
     test = limit_dataset(load_dataset(args.data, "test", image_size=size), args.limit_test, args.seed)
     return evaluate_all(models, train, test, k=args.k, temperature=args.temperature,
                         label_fraction=args.label_fraction, seed=args.seed, baselines=args.baselines,
                         cache_dir=args.cache_dir, progress=not args.no_progress)
+
+
+def distinct_names(names: list[str], paths: list[str | Path]) -> list[str]:
+    """Row names that tell the models apart: a name shared by several models (snapshots `run/exports/
+    step_1000.safetensors` of two runs, say) becomes as many trailing parts of its path as make it unique."""
+    counts = {n: names.count(n) for n in names}
+    parts = [Path(p).expanduser().with_suffix("").parts if Path(p).suffix == ".safetensors"
+             else Path(p).expanduser().parts for p in paths]
+    out = []
+    for name, tail in zip(names, parts):
+        if counts[name] == 1:
+            out.append(name)
+            continue
+        clashing = [q for n, q in zip(names, parts) if n == name]
+        depth = 1
+        while depth < len(tail) and sum(q[-depth:] == tail[-depth:] for q in clashing) > 1:
+            depth += 1
+        out.append("/".join(tail[-depth:]))
+    return out
 
 
 def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: int = KNN_K,

@@ -14,7 +14,7 @@ from dinotwins import features as features_module
 from dinotwins.backbone import ModelConfig, create_backbone
 from dinotwins.data import load_dataset
 from dinotwins.embedding_health import effective_rank, embedding_std
-from dinotwins.evaluate import COLUMNS, evaluate_model, limit_dataset, main
+from dinotwins.evaluate import COLUMNS, distinct_names, evaluate_model, limit_dataset, main
 from dinotwins.features import extract_features, feature_cache_key
 
 TINY = ModelConfig(embed_dim=24, depth=1, num_heads=3, image_size=16, patch_size=4, drop_path_rate=0.0)
@@ -196,3 +196,11 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
                              "synthetic:64"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_models_that_share_a_name_are_told_apart_by_their_paths():
+    names = ["step_00001000", "step_00001000", "model", "dino"]
+    paths = ["runs/a/exports/step_00001000.safetensors", "runs/b/exports/step_00001000.safetensors",
+             "x/model.pth", "assets/models/dino"]
+    assert distinct_names(names, paths) == ["a/exports/step_00001000", "b/exports/step_00001000", "model", "dino"]
+    assert distinct_names(["r", "r"], ["one/r", "two/r"]) == ["one/r", "two/r"]
