@@ -15,7 +15,7 @@ from typing import Any
 
 from dinotwins.config import (available_presets, build_config, dotted_to_nested, load_preset, merge, read_yaml,
                               to_dict)
-from dinotwins.errors import TrainingStopped, UserError
+from dinotwins.errors import TrainingInterrupted, TrainingStopped, UserError
 from dinotwins.objectives import METHODS
 
 
@@ -89,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        print("interrupted: resume with --resume", file=sys.stderr)
+        print("interrupted: resume with --resume (from the last checkpoint)", file=sys.stderr)
         return 130
     if os.environ.get("RANK", "0") == "0":
         print(f"done: {out} (model: {out / 'model.safetensors'})")

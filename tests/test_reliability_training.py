@@ -182,6 +182,31 @@ def test_kill_9_twice_then_resume_gives_the_uninterrupted_model_bitwise(tmp_path
         assert g == w, g["step"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_the_finished_step_then_resume_runs_to_the_end(tmp_path, sig):
+    run, log = tmp_path / "stopped", tmp_path / "train.log"
+    args = list(TRAIN_ARGS)
+    args[args.index("--save-every") + 1] = "100"
+    proc = subprocess.Popen([sys.executable, "train.py", *args, "--out", str(run)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while rows_written(run) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    # No periodic checkpoint was due (every 100 steps): the one there is the signal's, of the last finished step.
+    assert proc.returncode == 128 + sig, err
+    assert err.strip().count("\n") == 0 and err.startswith(f"interrupted: {sig.name} at step ") and "Traceback" not in err
+    saved = [int(p.name[5:13]) for p in list_checkpoints(run / CHECKPOINT_DIR)]
+    assert len(saved) == 1 and 3 <= saved[0] < 16 and saved[0] == rows_written(run)
+    assert f"at step {saved[0]} of 16" in err
+    final = subprocess.run([sys.executable, "train.py", "--out", str(run), "--resume", "--no-progress"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300, env=ENV)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert [r["step"] for r in metric_rows(run)] == list(range(1, 17))
+
+
 # ------------------------------------------------------------------------------------------------- checkpoints
 def test_checkpoints_are_written_through_a_same_folder_temporary_fsynced_and_replaced(tmp_path, monkeypatch):
     calls = []
