@@ -189,39 +189,34 @@ class Trainer:
 
     def run(self) -> Path:
         cfg = self.cfg
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
-                   desc=f"{cfg.method} on {cfg.data}", unit="step", dynamic_ncols=True)
         images_per_step = cfg.batch_size * self.dist.world_size
         last_time, last_step = time.perf_counter(), self.step
-        stop = StopSignals(enabled=self.dist.world_size == 1)
-        try:
-            with stop:
-                while self.step < self.total_steps:
-                    values = self.train_step(self.batch(self.step), self.step)
-                    self.step += 1
-                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                        now = time.perf_counter()
-                        img_per_s = images_per_step * (self.step - last_step) / max(now - last_time, 1e-9)
-                        last_time, last_step = now, self.step
-                        row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), **values,
-                               "img_per_s": round(img_per_s, 2)}
-                        self._log_row(row)
-                        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
-                                        img_s=f"{img_per_s:.1f}")
-                    bar.update(1)
-                    if cfg.export_every and self.step % cfg.export_every == 0:
-                        self.export(self.out / EXPORTS_DIR / f"step_{self.step:08d}.safetensors")
-                    if self.step % cfg.save_every == 0 and self.step < self.total_steps:
-                        self.save()
-                    if stop.requested and self.step < self.total_steps:
-                        if self.step % cfg.save_every:
-                            self.save()
-                        name = signal.Signals(stop.requested).name
-                        raise TrainingInterrupted(f"{name} at step {self.step} of {self.total_steps}: saved a "
-                                                  f"checkpoint of it; resume with --resume", stop.requested)
-                self.save()  # the last checkpoint and the final model.safetensors
-        finally:
-            bar.close()
+        with tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
+                  desc=f"{cfg.method} on {cfg.data}", unit="step", dynamic_ncols=True) as bar, \
+                StopSignals(enabled=self.dist.world_size == 1) as stop:
+            while self.step < self.total_steps:
+                values = self.train_step(self.batch(self.step), self.step)
+                self.step += 1
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    img_per_s = images_per_step * (self.step - last_step) / max(now - last_time, 1e-9)
+                    last_time, last_step = now, self.step
+                    row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), **values,
+                           "img_per_s": round(img_per_s, 2)}
+                    self._log_row(row)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
+                                    img_s=f"{img_per_s:.1f}")
+                bar.update(1)
+                if cfg.export_every and self.step % cfg.export_every == 0:
+                    self.export(self.out / EXPORTS_DIR / f"step_{self.step:08d}.safetensors")
+                signum = stop.requested  # read once: a signal may land between the save and the stop
+                if (self.step % cfg.save_every == 0 or signum) and self.step < self.total_steps:
+                    self.save()
+                if signum and self.step < self.total_steps:
+                    raise TrainingInterrupted(f"{signal.Signals(signum).name} at step {self.step} of "
+                                              f"{self.total_steps}: saved a checkpoint of it; resume with --resume",
+                                              signum)
+            self.save()  # the last checkpoint and the final model.safetensors
         return self.out
 
     def _log_row(self, row: dict[str, Any]) -> None:

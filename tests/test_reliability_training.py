@@ -138,18 +138,24 @@ def rows_written(run: Path) -> int:
         return 0
 
 
-def kill_9_after_rows(proc: subprocess.Popen, run: Path, rows: int, log: Path, timeout: float = 240) -> None:
+def signal_after_rows(proc: subprocess.Popen, run: Path, rows: int, log: Path, sig: int,
+                      timeout: float = 240) -> None:
+    """Send `sig` to a running train.py once its metrics.jsonl has `rows` rows."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"train.py ended (rc {proc.returncode}) before it could be killed:\n{log.read_text()}")
+            pytest.fail(f"train.py ended (rc {proc.returncode}) before it got the signal:\n{log.read_text()}")
         if rows_written(run) >= rows:
-            os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait(timeout=30) == -signal.SIGKILL
+            os.kill(proc.pid, sig)
             return
         time.sleep(0.005)
     proc.kill()
     pytest.fail(f"train.py wrote fewer than {rows} rows in {timeout} s:\n{log.read_text()}")
+
+
+def kill_9_after_rows(proc: subprocess.Popen, run: Path, rows: int, log: Path) -> None:
+    signal_after_rows(proc, run, rows, log, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
 
 
 @pytest.mark.slow
@@ -188,16 +194,14 @@ def test_a_signal_saves_the_finished_step_then_resume_runs_to_the_end(tmp_path, 
     run, log = tmp_path / "stopped", tmp_path / "train.log"
     args = list(TRAIN_ARGS)
     args[args.index("--save-every") + 1] = "100"
-    proc = subprocess.Popen([sys.executable, "train.py", *args, "--out", str(run)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while rows_written(run) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
+    proc = start_train(*args, "--out", str(run), log=log)
+    signal_after_rows(proc, run, 3, log, sig)
+    proc.wait(timeout=120)
+    err = log.read_text()
     # No periodic checkpoint was due (every 100 steps): the one there is the signal's, of the last finished step.
     assert proc.returncode == 128 + sig, err
-    assert err.strip().count("\n") == 0 and err.startswith(f"interrupted: {sig.name} at step ") and "Traceback" not in err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert err.startswith(f"interrupted: {sig.name} at step ")
     saved = [int(p.name[5:13]) for p in list_checkpoints(run / CHECKPOINT_DIR)]
     assert len(saved) == 1 and 3 <= saved[0] < 16 and saved[0] == rows_written(run)
     assert f"at step {saved[0]} of 16" in err
