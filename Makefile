@@ -15,14 +15,17 @@ $(STAMP): requirements.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-# Debian's Fashion-MNIST and Chromium (for the browser tests), when apt is there and we are root; else skipped.
+# Debian's packages: Fashion-MNIST, the scenes data's objects (tuxpaint stamps) and background photographs, and
+# Chromium for the browser tests; installed when apt is there and we are root, else skipped.
+DEBIAN_PACKAGES := dataset-fashion-mnist tuxpaint-stamps-default mate-backgrounds plasma-workspace-wallpapers chromium
 data:
-	@if [ -d /usr/share/datasets/fashion-mnist ] && command -v chromium >/dev/null; then \
+	@if [ -d /usr/share/datasets/fashion-mnist ] && [ -d /usr/share/tuxpaint/stamps ] && \
+	  [ -d /usr/share/backgrounds/mate/nature ] && [ -d /usr/share/wallpapers/Path ] && command -v chromium >/dev/null; then \
 	  echo "system packages present"; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get install -y -q dataset-fashion-mnist chromium >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist chromium >/dev/null)) \
-	  && echo "installed dataset-fashion-mnist and chromium"; \
+	  (apt-get install -y -q $(DEBIAN_PACKAGES) >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q $(DEBIAN_PACKAGES) >/dev/null)) \
+	  && echo "installed $(DEBIAN_PACKAGES)"; \
 	else echo "skipping Debian packages (no apt or not root)"; fi
 
 test: setup

@@ -47,10 +47,12 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from dinotwins.errors import UserError
+from dinotwins.scenes import CLASSES as SCENES_CLASSES
+from dinotwins.scenes import load_scenes
 from dinotwins.synthetic import CLASSES as SYNTHETIC_CLASSES
 from dinotwins.synthetic import make_synthetic
 
-KINDS = ("folder:PATH", "cifar10:PATH", "fashion-mnist[:PATH]", "synthetic[:N]")
+KINDS = ("folder:PATH", "cifar10:PATH", "fashion-mnist[:PATH]", "synthetic[:N]", "scenes[:N]")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 IN_MEMORY_BUDGET = 2 * 1024**3  # bytes of decoded uint8 images held in memory; larger folders decode per batch
 DECODE_THREADS = min(8, os.cpu_count() or 1)  # PIL releases the GIL while decoding
@@ -119,6 +121,9 @@ def load_dataset(spec: str, split: str = "train", *, image_size: int = 32,
     kind, _, arg = spec.strip().partition(":")
     if kind == "synthetic":
         return _load_synthetic(spec, arg, split, size)
+    if kind == "scenes":
+        images, labels, masks = load_scenes(arg, split, size)
+        return ImageDataset(spec, images, labels, list(SCENES_CLASSES), masks=masks, split=split, storage_size=size)
     if kind == "fashion-mnist":
         return _load_fashion_mnist(spec, arg, split)
     if kind == "cifar10":

@@ -66,14 +66,15 @@ def check_options(k: int, temperature: float, label_fraction: float) -> None:
 def evaluate_model(model, train: ImageDataset, test: ImageDataset, *, k: int = KNN_K,
                    temperature: float = KNN_TEMPERATURE, label_fraction: float = LABEL_FRACTION, seed: int = 0,
                    cache_dir: str | Path | None = None, keep_mass: float = KEEP_MASS,
-                   progress: bool = False) -> dict[str, Any]:
+                   progress: bool = False, attention_scale: float = 1.0) -> dict[str, Any]:
     """One row (keys `COLUMNS`) for a `LoadedModel`: train = labeled pool, test = queries."""
     check_options(k, temperature, label_fraction)
     train_feats = extract_features(model, train, cache_dir=cache_dir, progress=progress)
     test_feats = extract_features(model, test, cache_dir=cache_dir, progress=progress)
     row = score_features(model.name, train_feats, train.labels, test_feats, test.labels, k=k,
                          temperature=temperature, label_fraction=label_fraction, seed=seed)
-    row["attn_jaccard_mean_heads"], row["attn_jaccard_best_head"] = attention_scores(model, test, keep_mass)
+    row["attn_jaccard_mean_heads"], row["attn_jaccard_best_head"] = attention_scores(model, test, keep_mass,
+                                                                                      scale=attention_scale)
     return {key: row[key] for key in COLUMNS}
 
 
@@ -105,25 +106,27 @@ def score_features(name: str, train_feats: np.ndarray, train_labels: torch.Tenso
     return row
 
 
-def attention_scores(model, test: ImageDataset, keep_mass: float = KEEP_MASS,
-                     batch_size: int = BATCH_SIZE) -> tuple[float | None, float | None]:
-    """(Jaccard of the mean-of-heads masks, of the best head) on the test split's object masks.
+def attention_scores(model, test: ImageDataset, keep_mass: float = KEEP_MASS, batch_size: int = BATCH_SIZE,
+                     scale: float = 1.0) -> tuple[float | None, float | None]:
+    """(Jaccard of the mean-of-heads masks, of the best head) on the test split's object masks, the model run at
+    `scale` times its training size (`LoadedModel.input_size`).
 
     A test split without masks is replaced by the first `MASK_IMAGES` of synthetic's test split. When the stored
-    size differs from the model's, the same synthetic split is generated at the model's size and its first
-    len(test) images are used (any sample of the split measures the same thing).
+    size differs from the input size, the same split is generated again at the input size (synthetic and scenes
+    render at any size) and its first len(test) images are used (any sample of the split measures the same thing).
     """
+    size = model.input_size(scale)
     if test.masks is None:
-        test = limit_dataset(load_dataset(MASK_DATA, "test", image_size=model.image_size), MASK_IMAGES, first=True)
-    if test.image_shape[-1] != model.image_size:
-        regenerated = load_dataset(test.name, test.split, image_size=model.image_size)
+        test = limit_dataset(load_dataset(MASK_DATA, "test", image_size=size), MASK_IMAGES, first=True)
+    if test.image_shape[-1] != size:
+        regenerated = load_dataset(test.name, test.split, image_size=size)
         test = limit_dataset(regenerated, len(test), first=True)
     mean, std = normalization_of(model)
     maps = []
     with torch.inference_mode():
         for start in range(0, len(test), batch_size):
             indices = torch.arange(start, min(start + batch_size, len(test)))
-            x = eval_transform(test.get_batch(indices).to(model.device), model.image_size, mean, std)
+            x = eval_transform(test.get_batch(indices).to(model.device), size, mean, std)
             maps.append(model.attention(x).cpu())  # (B, heads, h, w)
     mean_heads, per_head = attention_jaccard(torch.cat(maps), test.masks.cpu(), keep_mass)
     return mean_heads, per_head.max().item()
@@ -193,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="k-NN, linear probe, attention masks and embedding health of frozen ViTs.")
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="run directory, exported .safetensors, or official DINO .pth (as load_model takes)")
-    p.add_argument("--data", required=True, help="folder:PATH | cifar10:PATH | fashion-mnist[:PATH] | synthetic[:N]")
+    p.add_argument("--data", required=True, help="folder:PATH | cifar10:PATH | fashion-mnist[:PATH] | synthetic[:N] | scenes[:N]")
     p.add_argument("--label-fraction", type=float, default=LABEL_FRACTION,
                    help="share of train labels the linear probe sees, class-balanced (default 0.1, the DinoTwins "
                         "paper's protocol)")
@@ -203,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print a JSON list of rows")
     output.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.add_argument("--attention-scale", type=float, default=1.0, metavar="S",
+                   help="run each model at S times its training size for the attention masks (position embeddings "
+                        "interpolated; finer maps), e.g. 1.5 or 2 (default 1)")
     p.add_argument("--limit-train", type=int, metavar="N", help="a seeded random N of the train split")
     p.add_argument("--limit-test", type=int, metavar="N", help="a seeded random N of the test split")
     p.add_argument("--seed", type=int, default=0, help="subsets, the probe's labeled split, the random-init ViT")
@@ -228,6 +234,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from dinotwins.model import load_model  # heavy imports after the cheap checks
 
     check_options(args.k, args.temperature, args.label_fraction)
+    if not args.attention_scale > 0:
+        raise UserError(f"--attention-scale must be positive, got {args.attention_scale}; e.g. 1.5 or 2")
     for flag, value in (("--limit-train", args.limit_train), ("--limit-test", args.limit_test)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
@@ -240,7 +248,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     test = limit_dataset(load_dataset(args.data, "test", image_size=size), args.limit_test, args.seed)
     return evaluate_all(models, train, test, k=args.k, temperature=args.temperature,
                         label_fraction=args.label_fraction, seed=args.seed, baselines=args.baselines,
-                        cache_dir=args.cache_dir, progress=not args.no_progress)
+                        cache_dir=args.cache_dir, progress=not args.no_progress,
+                        attention_scale=args.attention_scale)
 
 
 def distinct_names(names: list[str], paths: list[str | Path]) -> list[str]:
@@ -265,22 +274,23 @@ def distinct_names(names: list[str], paths: list[str | Path]) -> list[str]:
 def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: int = KNN_K,
                  temperature: float = KNN_TEMPERATURE, label_fraction: float = LABEL_FRACTION, seed: int = 0,
                  baselines: bool = True, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
-                 progress: bool = False) -> list[dict[str, Any]]:
+                 progress: bool = False, attention_scale: float = 1.0) -> list[dict[str, Any]]:
     """The rows of `LoadedModel`s, then (with `baselines`) raw pixels and one random-init ViT per distinct shape
     among the models, in the models' order."""
     from dinotwins.model import LoadedModel
 
     options = dict(k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
     models = list(models)
-    rows = [evaluate_model(m, train, test, cache_dir=cache_dir, progress=progress, **options) for m in models]
+    rows = [evaluate_model(m, train, test, cache_dir=cache_dir, progress=progress, attention_scale=attention_scale,
+                           **options) for m in models]
     if baselines:
         rows.append(evaluate_raw_pixels(train, test, **options))
         randoms: dict[str, LoadedModel] = {}
         for m in models:  # one per shape: settings that leave the weights alone (drop path) do not count
             random_model = LoadedModel.random_like(m, seed=seed)
             randoms.setdefault(random_model.name, random_model)
-        rows += [evaluate_model(m, train, test, cache_dir=cache_dir, progress=progress, **options)
-                 for m in randoms.values()]
+        rows += [evaluate_model(m, train, test, cache_dir=cache_dir, progress=progress,
+                                attention_scale=attention_scale, **options) for m in randoms.values()]
     return rows
 
 

@@ -55,10 +55,18 @@ class LoadedModel:
         return (f"LoadedModel({self.name!r}, dim={self.embed_dim}, heads={self.num_heads}, "
                 f"patch={self.patch_size}, size={self.image_size})")
 
-    def preprocess(self, images: list[Image.Image]) -> Tensor:
-        """RGB, a square image resized straight to the model's size (bicubic), the model's normalization."""
-        arrays = [np.asarray(img.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC))
-                  for img in images]
+    def input_size(self, scale: float = 1.0) -> int:
+        """The input side for `scale` times the training size, rounded to whole patches (at least one patch).
+        Position embeddings are interpolated to it (timm's dynamic_img_size), so maps get finer with scale."""
+        if not scale > 0:
+            raise UserError(f"inference scale must be positive, got {scale}")
+        return max(1, round(self.image_size * scale / self.patch_size)) * self.patch_size
+
+    def preprocess(self, images: list[Image.Image], size: int | None = None) -> Tensor:
+        """RGB, a square image resized straight to `size` (default: the model's training size; bicubic), the
+        model's normalization."""
+        size = size or self.image_size
+        arrays = [np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC)) for img in images]
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S)
         return self.normalize(x)
 

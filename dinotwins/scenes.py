@@ -1,0 +1,245 @@
+"""The `scenes` dataset: photographed and drawn objects cut out by their alpha, pasted on photographic backgrounds.
+
+What it is: each image is a random crop of a background photograph (or texture) with one object pasted on it at
+a random scale, position and flip. The label is the object's category, the mask is exactly the object's pixels
+(its alpha channel, resized with the object, cut at one half). Objects are Debian's `tuxpaint-stamps-default`
+(PNG cut-outs with alpha under `STAMPS_DIR/<category>/...`: real photos of animals, food and plants, and drawn
+vehicles, buildings and signs), grouped into the `CATEGORIES` below (each with at least `MIN_OBJECTS` files).
+
+Backgrounds (decision): the photographs among Debian's `mate-backgrounds` (its `nature/` folder) and
+`plasma-workspace-wallpapers` (the wallpapers that are photographs, listed in `PLASMA_PHOTOS`), plus
+scikit-image's three textures (brick, grass, gravel). scikit-image's photos (the cat, the coffee cup, the
+astronaut, ...) are kept out on purpose: they are the explorer's example photos, so a model never sees them in
+training. These packages are the photographic wallpapers Debian ships; the others (gnome-backgrounds,
+ukui-wallpapers, desktop-base) are illustrations.
+
+Splits: train and test use disjoint object files (a quarter of each category's files, chosen by a hash of the file's
+path, is test only) and disjoint backgrounds (every fourth background in sorted order is test only). Labels are
+balanced and shuffled. Everything is deterministic by (split, index): image i is drawn from its own generator
+seeded by (split seed, i), so the same spec gives the same pixels on every call and machine, and any image can be
+rendered alone.
+
+Pre-rendered, not rendered per batch (decision): the train split is rendered once at load time (about 0.1 ms
+per 64 px image on one core) and held in memory like any other dataset, so training keeps its exact-resume
+guarantees and its data path; the per-epoch variety comes from the multi-crop augmentation on top. `scenes:N`
+sets the number of train images (default `TRAIN_SIZE`); the test split always has `TEST_SIZE`, so figures on it
+compare across N.
+
+What it is not: a benchmark of anything but this project's models; see README, Data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from dinotwins.errors import UserError
+
+STAMPS_DIR = Path("/usr/share/tuxpaint/stamps")
+STAMPS_PACKAGE = "tuxpaint-stamps-default"
+MATE_NATURE_DIR = Path("/usr/share/backgrounds/mate/nature")
+PLASMA_DIR = Path("/usr/share/wallpapers")
+BACKGROUND_PACKAGES = "mate-backgrounds and plasma-workspace-wallpapers"
+# The plasma wallpapers that are photographs (the rest are illustrations).
+PLASMA_PHOTOS = ("BytheWater", "ColdRipple", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey", "OneStandsOut",
+                 "Path", "summer_1am")
+SKIMAGE_TEXTURES = ("brick.png", "grass.png", "gravel.png")
+
+# Category -> stamp sub-folders (relative to STAMPS_DIR) whose PNGs, recursively, are its objects. The first
+# matching rule wins, so "animals/mammals/aquatic" goes to sea animal, not mammal.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("sea animal", ("animals/fish", "animals/shellfish", "animals/mammals/aquatic")),
+    ("bird", ("animals/birds",)),
+    ("insect", ("animals/insects",)),
+    ("mammal", ("animals/mammals", "animals/marsupials")),
+    ("fruit", ("food/fruit",)),
+    ("vegetable", ("food/vegetables", "food/nuts", "food/spices")),
+    ("plant", ("plants",)),
+    ("vehicle", ("vehicles",)),
+    ("household", ("household",)),
+    ("building", ("town/houses", "town/monuments")),
+    ("road sign", ("town/roadsigns",)),
+)
+CLASSES = tuple(name for name, _ in CATEGORIES)
+MIN_OBJECTS = 8  # per category: at least 2 test and 6 train objects
+TEST_SHARE = 0.25  # of each category's object files
+TRAIN_SIZE = 12000
+TEST_SIZE = 2000
+SEEDS = {"train": 0, "test": 1}
+MIN_SIZE = 16  # px; smaller images leave an object a few pixels
+OBJECT_SIDE = (0.45, 0.9)  # the object's longer side as a share of the image side
+BACKGROUND_SIDE = (0.35, 1.0)  # the background crop's side as a share of the background's shorter side
+SOURCE_SIDE = 256  # objects and backgrounds are kept at most this large (px) in memory
+
+
+@dataclass(frozen=True)
+class SceneSources:
+    """Decoded objects (RGBA uint8 arrays cropped to their alpha), their labels, and background arrays."""
+
+    objects: tuple[np.ndarray, ...]
+    object_labels: tuple[int, ...]
+    object_files: tuple[str, ...]
+    backgrounds: tuple[np.ndarray, ...]
+    background_files: tuple[str, ...]
+
+
+def load_scenes(arg: str, split: str, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(images uint8 (N, 3, S, S), labels int64 (N,), masks bool (N, S, S)) of `scenes[:N]`'s split."""
+    try:
+        n_train = int(arg) if arg else TRAIN_SIZE
+    except ValueError:
+        raise UserError(f"scenes:N needs a whole number of images, got {arg!r}") from None
+    if n_train < 1:
+        raise UserError(f"scenes:N needs at least 1 image, got {n_train}")
+    if size < MIN_SIZE:
+        raise UserError(f"scenes images need at least {MIN_SIZE} px, got {size}; raise the image size")
+    n = n_train if split == "train" else TEST_SIZE
+    return render_scenes(scene_sources(split), n, size, SEEDS[split])
+
+
+def render_scenes(sources: SceneSources, n: int, size: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """n composites of `sources` at size x size, deterministic by seed (see the module docstring)."""
+    master = np.random.default_rng([seed, n])
+    labels = master.permutation(np.arange(n) % len(CLASSES))
+    by_class = [[i for i, k in enumerate(sources.object_labels) if k == c] for c in range(len(CLASSES))]
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    masks = np.empty((n, size, size), dtype=bool)
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        obj = sources.objects[by_class[labels[i]][rng.integers(len(by_class[labels[i]]))]]
+        background = sources.backgrounds[rng.integers(len(sources.backgrounds))]
+        images[i], masks[i] = render_one(obj, background, size, rng)
+    return (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels.astype(np.int64)),
+            torch.from_numpy(masks))
+
+
+def render_one(obj: np.ndarray, background: np.ndarray, size: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 (S, S, 3) image, bool (S, S) mask): `obj` (RGBA) at a random scale, place and flip on a random
+    crop of `background` (RGB)."""
+    height, width = background.shape[:2]
+    side = int(min(height, width) * rng.uniform(*BACKGROUND_SIDE))
+    top, left = rng.integers(height - side + 1), rng.integers(width - side + 1)
+    canvas = Image.fromarray(background[top:top + side, left:left + side]).resize((size, size),
+                                                                                   Image.Resampling.BILINEAR)
+    canvas = np.asarray(canvas, dtype=np.float32)
+    if rng.random() < 0.5:
+        canvas = canvas[:, ::-1]
+
+    longer = max(2, round(size * rng.uniform(*OBJECT_SIDE)))
+    oh, ow = obj.shape[:2]
+    scale = longer / max(oh, ow)
+    new_w, new_h = max(1, round(ow * scale)), max(1, round(oh * scale))
+    # Premultiplied alpha ("RGBa") so the resize does not bleed the transparent pixels' colour into the edges.
+    pasted = Image.fromarray(obj, "RGBA").convert("RGBa").resize((new_w, new_h), Image.Resampling.BILINEAR)
+    pasted = np.asarray(pasted.convert("RGBA"), dtype=np.float32)
+    if rng.random() < 0.5:
+        pasted = pasted[:, ::-1]
+    y, x = rng.integers(size - new_h + 1), rng.integers(size - new_w + 1)
+    alpha = pasted[..., 3:] / 255.0  # (h, w, 1)
+    image = canvas.copy()
+    region = image[y:y + new_h, x:x + new_w]
+    region[:] = alpha * pasted[..., :3] + (1 - alpha) * region
+    mask = np.zeros((size, size), dtype=bool)
+    mask[y:y + new_h, x:x + new_w] = alpha[..., 0] >= 0.5
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8), mask
+
+
+@lru_cache(maxsize=2)
+def scene_sources(split: str) -> SceneSources:
+    """The split's objects and backgrounds, decoded once per process."""
+    objects, labels, files = [], [], []
+    for path, label in split_objects(split):
+        array = _load_object(path)
+        if array is not None:
+            objects.append(array)
+            labels.append(label)
+            files.append(str(path.relative_to(STAMPS_DIR)))
+    backgrounds = split_backgrounds(split)
+    return SceneSources(tuple(objects), tuple(labels), tuple(files),
+                        tuple(_load_background(p) for p in backgrounds), tuple(str(p) for p in backgrounds))
+
+
+def split_objects(split: str) -> list[tuple[Path, int]]:
+    """(file, label) of the split's objects: per category, the files whose path hash ranks in the first
+    `TEST_SHARE` are test, the rest train."""
+    if not STAMPS_DIR.is_dir():
+        raise UserError(f"scenes needs the object cut-outs of Debian's {STAMPS_PACKAGE} in {STAMPS_DIR}; install "
+                        f"it (apt-get install {STAMPS_PACKAGE}, or make setup)")
+    taken: set[Path] = set()
+    chosen = []
+    for label, (name, folders) in enumerate(CATEGORIES):
+        files = sorted({f for folder in folders for f in (STAMPS_DIR / folder).rglob("*.png")} - taken)
+        taken.update(files)
+        if len(files) < MIN_OBJECTS:
+            raise UserError(f"scenes category {name!r} has {len(files)} object files in {STAMPS_DIR} (at least "
+                            f"{MIN_OBJECTS} needed for disjoint train and test objects); reinstall {STAMPS_PACKAGE}")
+        ranked = sorted(files, key=lambda f: _path_hash(f.relative_to(STAMPS_DIR)))
+        n_test = max(2, round(TEST_SHARE * len(files)))
+        part = ranked[:n_test] if split == "test" else ranked[n_test:]
+        chosen += [(f, label) for f in sorted(part)]
+    return chosen
+
+
+def split_backgrounds(split: str) -> list[Path]:
+    """The split's background files: every fourth of all of them (sorted by name) is test, the rest train."""
+    files = sorted(MATE_NATURE_DIR.glob("*.jpg")) if MATE_NATURE_DIR.is_dir() else []
+    for name in PLASMA_PHOTOS:
+        images = sorted((PLASMA_DIR / name / "contents" / "images").glob("*.*"))
+        if images:  # the largest rendition of each wallpaper
+            files.append(max(images, key=lambda p: p.stat().st_size))
+    if len(files) < 8:
+        raise UserError(f"scenes needs the background photographs of Debian's {BACKGROUND_PACKAGES} (found "
+                        f"{len(files)} of them); install them (apt-get install mate-backgrounds "
+                        f"plasma-workspace-wallpapers, or make setup)")
+    files = sorted(files, key=lambda p: str(p).lower()) + _skimage_textures()
+    return [f for i, f in enumerate(files) if (i % 4 == 3) == (split == "test")]
+
+
+def _skimage_textures() -> list[Path]:
+    try:
+        import skimage.data
+    except ImportError:
+        return []
+    folder = Path(skimage.data.__file__).parent
+    return [folder / name for name in SKIMAGE_TEXTURES if (folder / name).is_file()]
+
+
+def _path_hash(relative: Path) -> int:
+    return int.from_bytes(hashlib.blake2b(str(relative).encode(), digest_size=8).digest(), "little")
+
+
+def _load_object(path: Path) -> np.ndarray | None:
+    """RGBA uint8 array of the stamp cropped to its alpha's bounding box, longer side at most SOURCE_SIDE; None
+    for a file that cannot be read or has no transparent surround (not a cut-out)."""
+    try:
+        with Image.open(path) as img:
+            rgba = img.convert("RGBA")
+    except Exception:  # noqa: BLE001 - an unreadable stamp is left out, as any unreadable image is
+        return None
+    box = rgba.getchannel("A").point(lambda a: 255 if a >= 128 else 0).getbbox()
+    if box is None:
+        return None
+    rgba = rgba.crop(box)
+    if np.asarray(rgba.getchannel("A")).mean() > 0.97 * 255:  # an opaque rectangle: nothing to cut out
+        return None
+    rgba = rgba.convert("RGBa")
+    rgba.thumbnail((SOURCE_SIDE, SOURCE_SIDE), Image.Resampling.LANCZOS)
+    return np.array(rgba.convert("RGBA"))
+
+
+def _load_background(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        img.draft("RGB", (SOURCE_SIDE * 2, SOURCE_SIDE * 2))
+        rgb = img.convert("RGB")
+    scale = SOURCE_SIDE * 2 / min(rgb.size)
+    if scale < 1:
+        rgb = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS)
+    return np.array(rgb)

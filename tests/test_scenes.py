@@ -1,0 +1,109 @@
+"""The `scenes` dataset: exact masks, disjoint splits, determinism, its `--data` spec and its bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dinotwins import scenes
+from dinotwins.data import load_dataset
+from dinotwins.errors import UserError
+
+
+def test_a_pasted_object_covers_exactly_its_mask():
+    disk = np.zeros((40, 40, 4), dtype=np.uint8)
+    yy, xx = np.mgrid[:40, :40]
+    disk[(yy - 19.5) ** 2 + (xx - 19.5) ** 2 <= 19.5**2] = (255, 0, 0, 255)  # a red disk, hard edge
+    background = np.zeros((100, 100, 3), dtype=np.uint8)
+    background[..., 2] = 255  # blue
+    image, mask = scenes.render_one(disk, background, 32, np.random.default_rng(0))
+    assert mask.any() and not mask.all()
+    red, blue = image[..., 0].astype(int), image[..., 2].astype(int)
+    assert (red[mask] >= 128).all() and (blue[mask] <= 127).all()  # alpha >= 0.5: mostly object
+    assert (red[~mask] <= 127).all() and (blue[~mask] >= 128).all()  # alpha < 0.5: mostly background
+    assert (blue[~mask] == 255).mean() > 0.9  # far from the edge the background is untouched
+
+
+def test_same_spec_twice_gives_identical_images_labels_and_masks():
+    first, second = load_dataset("scenes:64", "test", image_size=32), load_dataset("scenes:64", "test", image_size=32)
+    assert torch.equal(first.images, second.images)
+    assert torch.equal(first.labels, second.labels) and torch.equal(first.masks, second.masks)
+
+
+def test_train_and_test_use_disjoint_object_files_and_backgrounds():
+    train, test = scenes.scene_sources("train"), scenes.scene_sources("test")
+    assert set(train.object_files).isdisjoint(test.object_files)
+    assert set(train.background_files).isdisjoint(test.background_files)
+    assert len(test.background_files) >= 3 and len(train.background_files) >= 3 * len(test.background_files) - 3
+
+
+def test_every_category_has_train_and_test_objects():
+    for split in ("train", "test"):
+        labels = set(scenes.scene_sources(split).object_labels)
+        assert labels == set(range(len(scenes.CLASSES)))
+
+
+def test_spec_gives_n_train_images_and_a_fixed_test_split_at_the_stored_size():
+    train = load_dataset("scenes:300", "train", image_size=48)
+    assert train.images.shape == (300, 3, 48, 48) and train.masks.shape == (300, 48, 48)
+    assert train.classes == list(scenes.CLASSES)
+    first, second = load_dataset("scenes:300", "test", image_size=16), load_dataset("scenes:9000", "test", image_size=16)
+    assert len(first) == scenes.TEST_SIZE and torch.equal(first.images, second.images)
+
+
+def test_labels_are_balanced_and_masks_hold_an_object_and_background():
+    data = load_dataset("scenes:440", "train", image_size=32)
+    counts = torch.bincount(data.labels, minlength=len(scenes.CLASSES))
+    assert counts.max() - counts.min() <= 1
+    area = data.masks.flatten(1).float().mean(1)
+    assert (area > 0).all() and (area < 0.9).all()
+    assert 0.08 < area.mean() < 0.4
+
+
+@pytest.mark.parametrize("spec", ["scenes:zero", "scenes:0"])
+def test_bad_counts_are_user_errors(spec):
+    with pytest.raises(UserError, match="scenes:N"):
+        load_dataset(spec, "train", image_size=32)
+
+
+def test_a_storage_size_too_small_is_a_user_error_naming_the_fix():
+    with pytest.raises(UserError, match="at least 16 px"):
+        load_dataset("scenes:64", "train", image_size=8)
+
+
+def test_missing_stamps_package_is_one_user_error_naming_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(scenes, "STAMPS_DIR", tmp_path / "absent")
+    scenes.scene_sources.cache_clear()
+    try:
+        with pytest.raises(UserError, match="tuxpaint-stamps-default"):
+            load_dataset("scenes:64", "train", image_size=32)
+    finally:
+        scenes.scene_sources.cache_clear()
+
+
+def test_a_category_with_too_few_objects_is_a_user_error(monkeypatch, tmp_path):
+    for name, folders in scenes.CATEGORIES:
+        folder = tmp_path / folders[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(3 if name == "insect" else scenes.MIN_OBJECTS):
+            Image.new("RGBA", (8, 8)).save(folder / f"{i}.png")
+    monkeypatch.setattr(scenes, "STAMPS_DIR", tmp_path)
+    with pytest.raises(UserError, match="'insect' has 3 object files"):
+        scenes.split_objects("train")
+
+
+@pytest.mark.slow
+def test_train_without_the_stamps_package_fails_in_one_line_and_writes_nothing(tmp_path):
+    script = ("import sys; import dinotwins.scenes as s; from pathlib import Path; s.STAMPS_DIR = Path(sys.argv[1]); "
+              "sys.argv = ['train.py'] + sys.argv[2:]; import runpy; runpy.run_path('train.py', run_name='__main__')")
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "absent"), "--method", "dino",
+                             "--preset", "smoke", "--data", "scenes:64", "--out", str(out)],
+                            capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "tuxpaint-stamps-default" in result.stderr
+    assert not out.exists()
