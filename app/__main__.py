@@ -1,8 +1,9 @@
 """`python -m app [MODEL ...] [--gallery SPEC] [--host 127.0.0.1] [--port 7860] [--share]`.
 
 MODEL: anything `dinotwins.load_model` takes (run dir, exported .safetensors, official DINO .pth), mixed freely.
-No MODEL: the demo models under assets/models/, or smoke-trained stand-ins (with a notice in the app).
-No --gallery: Fashion-MNIST's test split when present, else the synthetic dataset.
+No MODEL: a demo set under assets/models/ (`--demo scenes`, the default, or `--demo fashion-mnist`), or
+smoke-trained stand-ins (with a notice in the app).
+No --gallery: the test split of the data the first model trained on, else scenes, else synthetic.
 """
 
 from __future__ import annotations
@@ -42,22 +43,15 @@ def main(argv: list[str] | None = None) -> int:
             if not Path(spec).expanduser().exists():
                 raise UserError(f"model {spec} does not exist; pass a run directory, a .safetensors or a .pth file")
         from app.cache import ArtifactCache  # heavy imports after the cheap argument checks
-        from app.gallery import gallery_size, load_gallery
-        from app.models import ModelCache, default_model_specs
+        from app.models import open_models_and_gallery
         from app.ui import build_app, launch_options
 
         cache = ArtifactCache(Path(args.cache_dir).expanduser() if args.cache_dir else None)
-        notices = []
-        specs = args.models
-        if not specs:
-            specs, notice = default_model_specs(cache.root)
-            notices.append(notice)
-        entries = ModelCache(device=args.device).entries(specs)
-        gallery, notice = load_gallery(args.gallery, gallery_size([e.model.image_size for e in entries]))
-        notices.append(notice)
+        entries, gallery, notices = open_models_and_gallery(args.models, args.gallery, cache_root=cache.root,
+                                                            demo=args.demo, device=args.device)
         print(f"models: {', '.join(e.label for e in entries)}; gallery: {gallery.spec} ({len(gallery)} images); "
               f"cache: {cache.root}", flush=True)
-        demo = build_app(entries, gallery, cache=cache, notice=" ".join(n for n in notices if n))
+        demo = build_app(entries, gallery, cache=cache, notice=" ".join(notices))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

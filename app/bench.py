@@ -25,7 +25,8 @@ TARGETS_S = {"attention tab (all models)": 0.3, "retrieval per model": 0.05, "ca
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m app.bench", description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", metavar="MODEL", help="as for python -m app (default: the demo models)")
-    p.add_argument("--gallery", metavar="SPEC", help="as for python -m app (default: Fashion-MNIST test)")
+    p.add_argument("--demo", default="scenes", metavar="SET", help="as for python -m app (default: scenes)")
+    p.add_argument("--gallery", metavar="SPEC", help="as for python -m app (default: as there)")
     p.add_argument("--threads", type=int, default=2, help="torch and FAISS threads (default 2)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement, after 3 warm-up runs")
     p.add_argument("--cache-dir", type=Path, help="app cache (default $DINOTWINS_CACHE or ~/.cache/dinotwins/app)")
@@ -53,28 +54,26 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from app import attention_tab, projection
     from app.cache import ArtifactCache
-    from app.explorer import Explorer
-    from app.gallery import gallery_size, load_gallery
+    from app.explorer import Explorer, Neighbours, search
     from app.images import load_image
-    from app.models import ModelCache, default_model_specs
-    from app.retrieval import Neighbours, search, thumbnails
+    from app.models import open_models_and_gallery
+    from app.tabs.attention import attention_view
+    from app.tabs.embeddings import projection_figure
+    from app.tabs.retrieval import thumbnails
     from dinotwins.errors import UserError
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     try:
         cache = ArtifactCache(args.cache_dir)
-        specs, notice = (args.models, "") if args.models else default_model_specs(cache.root)
-        entries = ModelCache().entries(specs)
-        gallery, gallery_notice = load_gallery(args.gallery, gallery_size([e.model.image_size for e in entries]))
+        entries, gallery, notices = open_models_and_gallery(args.models, args.gallery, cache_root=cache.root,
+                                                            demo=args.demo)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for line in (notice, gallery_notice):
-        if line:
-            print(f"note: {line}", file=sys.stderr)
+    for line in notices:
+        print(f"note: {line}", file=sys.stderr)
 
     explorer = Explorer(entries, gallery, cache)
     first_time = time.perf_counter()
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     query = load_image(upload)
     results: dict[str, dict[str, float]] = {}
     results["attention tab (all models)"] = timed(
-        lambda: attention_tab.attention_view(entries, load_image(upload), 0.6), args.repeats)
+        lambda: attention_view(entries, load_image(upload), 0.6), args.repeats)
 
     def retrieve_one(i: int) -> None:
         sims, ids = search(explorer.index(i), explorer.embed_images(i, [query]), 8)
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     def cached_projection() -> None:
         fresh = Explorer(entries, gallery, cache)
         result = fresh.projection()
-        projection.projection_figure(fresh.labels, result.layouts, result.indices,
+        projection_figure(fresh.labels, result.layouts, result.indices,
                                      None if gallery.labels is None else gallery.labels[result.indices],
                                      gallery.classes, fresh.labels).to_json()
 

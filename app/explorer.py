@@ -21,7 +21,7 @@ from app import projection, scores
 from app.cache import ArtifactCache, cache_key
 from app.gallery import Gallery
 from app.models import ModelEntry
-from app.retrieval import Neighbours, build_index, l2_normalize, precision_at_k, search
+from dinotwins.knn import l2_normalize
 
 Progress = Callable[..., None]
 EMBED_BATCH = 256
@@ -36,6 +36,36 @@ def _share(progress: Progress, part: int, parts: int) -> Progress:
     def report(fraction: float, desc: str = "") -> None:
         progress((part + fraction) / parts, desc=desc)
     return report
+
+
+@dataclass
+class Neighbours:
+    """One model's answer to one query."""
+
+    model: str
+    indices: np.ndarray  # (k,) gallery indices, most similar first
+    similarities: np.ndarray  # (k,) cosine
+    precision: float | None  # precision@k, None when the query has no label
+
+
+def build_index(embeddings: np.ndarray) -> faiss.IndexFlatIP:
+    """Exact inner-product index over L2-normalized `embeddings` (N, D): inner product = cosine."""
+    index = faiss.IndexFlatIP(embeddings.shape[1])
+    index.add(l2_normalize(embeddings))
+    return index
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: int | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (similarities, indices), each (Q, k), of normalized `queries`; `exclude` drops one gallery index
+    (the query itself) from every list."""
+    k = max(1, min(k, index.ntotal - (exclude is not None)))
+    sims, ids = index.search(l2_normalize(queries), k + (exclude is not None))
+    if exclude is None:
+        return sims, ids
+    keep = ids != exclude
+    keep[keep.sum(axis=1) > k, -1] = False  # the query was not among the k + 1: drop the last instead
+    return sims[keep].reshape(len(ids), k), ids[keep].reshape(len(ids), k)
 
 
 @dataclass
@@ -139,7 +169,7 @@ class Explorer:
             sims, ids = search(index, query, k, exclude=query_index)
             precision = None
             if query_label is not None and self.gallery.labels is not None:
-                precision = precision_at_k(self.gallery.labels[ids[0]], query_label)
+                precision = float(np.mean(self.gallery.labels[ids[0]] == query_label))
             results.append(Neighbours(entry.label, ids[0], sims[0], precision))
         return results
 

@@ -1,8 +1,9 @@
 """The gallery: the labelled images the app retrieves from and projects, held decoded in memory.
 
-Built from any `dinotwins.data.load_dataset` spec, its test split (`synthetic:N` has N // 4 test images, at
-least 64). With no spec: Fashion-MNIST's test split (10k) when it is on this machine, else `synthetic` (1024). `key` is a hash of the pixels and labels, so cached
-embeddings follow the images themselves, not just the spec's text.
+Built from any `dinotwins.data.load_dataset` spec, its test split. With no spec, the first of `candidates` that
+loads: the app passes the data the models were trained on (from their metadata), then `scenes` (2000 unseen
+objects on unseen backgrounds); `synthetic` is the last resort, with a notice. `key` is a hash of the pixels and
+labels, so cached embeddings follow the images themselves, not just the spec's text.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from PIL import Image
 
 from dinotwins.errors import UserError
 
-DEFAULT_SPEC = "fashion-mnist"
+DEFAULT_SPECS = ("scenes",)  # tried after the models' own training data
 FALLBACK_SPEC = "synthetic"
 MAX_GALLERY = 50_000  # images kept (a seeded subsample beyond this): 50k x 96 px RGB is 1.4 GB
 MAX_SIZE = 96  # gallery pixels per side at most; models with larger inputs upsample (see gallery_size)
@@ -75,17 +76,23 @@ def gallery_size(model_sizes: list[int]) -> int:
     return min(max(model_sizes, default=32), MAX_SIZE)
 
 
-def load_gallery(spec: str | None, image_size: int) -> tuple[Gallery, str]:
-    """(gallery, notice). spec None: Fashion-MNIST test when present, else synthetic (with a notice)."""
+def load_gallery(spec: str | None, image_size: int, candidates: list[str] | tuple[str, ...] = DEFAULT_SPECS
+                 ) -> tuple[Gallery, str]:
+    """(gallery, notice). spec None: the first of `candidates` that loads, else synthetic (with a notice)."""
     from dinotwins.data import load_dataset  # the data module is heavy to import; only the launch needs it
 
     notice = ""
     if spec is None:
-        try:
-            dataset = load_dataset(DEFAULT_SPEC, split="test", image_size=image_size)
-            spec = DEFAULT_SPEC
-        except UserError as exc:
-            notice = f"Fashion-MNIST not found ({exc}); the gallery is the synthetic dataset."
+        reasons = []
+        for candidate in dict.fromkeys(candidates):
+            try:
+                dataset = load_dataset(candidate, split="test", image_size=image_size)
+                spec = candidate
+                break
+            except UserError as exc:
+                reasons.append(str(exc))
+        else:
+            notice = f"No gallery data found ({'; '.join(reasons)}); the gallery is the synthetic dataset."
             spec = FALLBACK_SPEC
             dataset = load_dataset(spec, split="test", image_size=image_size)
     else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -175,3 +176,17 @@ def _check_pixels(size: tuple[int, int], label: str) -> None:
 def _looks_like_svg(data: bytes) -> bool:
     head = data[:2048].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     return head.startswith(b"<svg") or (head.startswith((b"<?xml", b"<!doctype")) and b"<svg" in head)
+
+
+def read_query(value: Any) -> Image.Image | None:
+    """A query as a handler gets it - a gr.Image FileData dict (gradio's preprocessing is off), a path, a PIL
+    image, an array, or None - as an RGB PIL image (or None), through `load_image`."""
+    if value is None:
+        return None
+    if isinstance(value, (Image.Image, np.ndarray)):
+        return load_image(value)
+    path = value.get("path") if isinstance(value, dict) else value
+    if not path:
+        return None
+    name = value.get("orig_name") if isinstance(value, dict) else None
+    return load_image(Path(path), name=name or Path(path).name)

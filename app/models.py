@@ -4,14 +4,18 @@
 .pth) once per (resolved path, file size, mtime): launching with the same model twice, or two apps built in one
 process (tests), share one copy, and a retrained file is loaded afresh.
 
-With no MODEL on the command line the app shows the demo models shipped under `assets/models/{dino,barlow,
-hybrid}/`; where those are missing it trains stand-ins with the smoke preset into the cache folder (seconds on
-a CPU; they have learned next to nothing, and the app says so in a notice).
+With no MODEL on the command line the app shows one of the demo sets shipped under `assets/models/<set>/{dino,
+barlow,hybrid}/`: `scenes` (the default: 64 px photo-scale models) or `fashion-mnist` (28 px grayscale). Where a
+set is missing, stand-ins are trained with the smoke preset, by `train.py` in a subprocess (no training code in
+the app's process), into the cache folder: seconds on a CPU; they have learned next to nothing, and the app says
+so in a notice.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from collections import OrderedDict
@@ -24,6 +28,8 @@ from dinotwins.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO_ROOT / "assets" / "models"
+DEMO_SETS = ("scenes", "fashion-mnist")  # sub-folders of DEMO_DIR; each is also the data spec its models trained on
+DEFAULT_DEMO = "scenes"
 DEMO_METHODS = ("dino", "barlow", "hybrid")
 EXPORT_NAME = "model.safetensors"
 
@@ -81,35 +87,58 @@ class ModelCache:
         return entries
 
 
-def default_model_specs(cache_dir: Path, progress: Callable[[str], None] = print) -> tuple[list[Path], str]:
-    """The demo models, or smoke-trained stand-ins where they are missing; returns (paths, notice)."""
-    shipped = [DEMO_DIR / m for m in DEMO_METHODS]
+def default_model_specs(cache_dir: Path, demo: str = DEFAULT_DEMO,
+                        progress: Callable[[str], None] = print) -> tuple[list[Path], str]:
+    """The demo set's models, or smoke-trained stand-ins where they are missing; returns (paths, notice)."""
+    if demo not in DEMO_SETS:
+        raise UserError(f"unknown demo set {demo!r}; use one of {', '.join(DEMO_SETS)}")
+    shipped = [DEMO_DIR / demo / m for m in DEMO_METHODS]
     if all((p / EXPORT_NAME).is_file() for p in shipped):
         return shipped, ""
     paths = [smoke_model(method, cache_dir / "smoke-models", progress) for method in DEMO_METHODS]
-    notice = (f"No demo models under {DEMO_DIR.relative_to(REPO_ROOT)}/ yet: showing stand-ins trained just now "
-              f"with the smoke preset (4 steps on synthetic data). Their maps and neighbours are close to random; "
-              f"pass your own runs (`python -m app runs/dino runs/barlow`) to compare real models.")
+    notice = (f"No demo models under {(DEMO_DIR / demo).relative_to(REPO_ROOT)}/ yet: showing stand-ins trained "
+              f"just now with the smoke preset (4 steps on synthetic data). Their maps and neighbours are close to "
+              f"random; pass your own runs (`python -m app runs/dino runs/barlow`) to compare real models.")
     return paths, notice
 
 
 def smoke_model(method: str, root: Path, progress: Callable[[str], None] = print) -> Path:
-    """A smoke-preset run of `method` on synthetic data in `root/method`, trained once and reused after."""
+    """A smoke-preset run of `method` on synthetic data in `root/method`, trained once (by train.py, in a
+    subprocess) and reused after."""
     out = root / method
     if (out / EXPORT_NAME).is_file():
         return out
-    from dinotwins.config import build_config, load_preset, merge  # training code only when needed
-    from dinotwins.trainer import train
-
     progress(f"training a stand-in {method} model with the smoke preset into {out} ...")
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{method}-", dir=root))
     try:
-        cfg = build_config(merge(load_preset("smoke"), {"method": method, "data": "synthetic", "device": "cpu"}))
-        train(cfg, staging / "run", progress=False)
+        command = [sys.executable, str(REPO_ROOT / "train.py"), "--method", method, "--preset", "smoke",
+                   "--data", "synthetic", "--device", "cpu", "--no-progress", "--out", str(staging / "run")]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
+            raise UserError(f"training a stand-in {method} model failed ({reason}); pass your own models")
         if not (out / EXPORT_NAME).is_file():  # another process may have finished first
             shutil.rmtree(out, ignore_errors=True)
             (staging / "run").rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def open_models_and_gallery(specs: list[str], gallery_spec: str | None, *, cache_root: Path,
+                            demo: str = DEFAULT_DEMO, device: str = "cpu"):
+    """(entries, gallery, notices) for a launch: the given models (else the demo set) and the given gallery
+    (else the test split of what the first model trained on, else `gallery.DEFAULT_SPECS`)."""
+    from app.gallery import DEFAULT_SPECS, gallery_size, load_gallery
+
+    notices = []
+    if not specs:
+        specs, notice = default_model_specs(cache_root, demo)
+        notices.append(notice)
+    entries = ModelCache(device=device).entries(specs)
+    trained_on = [str(e.model.metadata["data"]) for e in entries if e.model.metadata.get("data")]
+    gallery, notice = load_gallery(gallery_spec, gallery_size([e.model.image_size for e in entries]),
+                                   [*trained_on[:1], *DEFAULT_SPECS])
+    notices.append(notice)
+    return entries, gallery, [n for n in notices if n]

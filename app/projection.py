@@ -1,4 +1,4 @@
-"""Embeddings tab: each model's 2-D UMAP of one seeded gallery subsample, aligned across models, in plotly.
+"""2-D layouts of embeddings for the Embeddings tab: a seeded subsample, UMAP, and alignment across models.
 
 Every model embeds the same subsample, so point i is the same image in every panel. UMAP's output has an
 arbitrary position, scale, rotation and reflection; each layout is centred and scaled to unit RMS radius, then
@@ -14,16 +14,12 @@ import math
 import warnings
 
 import numpy as np
-import plotly.graph_objects as go
 import torch
-from plotly.colors import qualitative
-from plotly.subplots import make_subplots
 from scipy.linalg import orthogonal_procrustes
 
 UMAP_POINTS = 2000  # points per layout: enough to see clusters, a few seconds of UMAP on a CPU
 UMAP_NEIGHBORS = 15
 SEED = 0
-PALETTE = qualitative.D3 + qualitative.Plotly + qualitative.Dark24
 
 
 def subsample(n_total: int, n: int = UMAP_POINTS, seed: int = SEED) -> np.ndarray:
@@ -80,37 +76,3 @@ def align_layouts(layouts: list[np.ndarray]) -> list[np.ndarray]:
         rotation, _ = orthogonal_procrustes(layout, reference)  # argmin_R ||layout R - reference||, R^T R = I
         aligned.append(layout @ rotation)
     return [a.astype(np.float32) for a in aligned]
-
-
-def projection_figure(labels_text: list[str], layouts: list[np.ndarray], indices: np.ndarray,
-                      point_labels: np.ndarray | None, classes: list[str] | None,
-                      titles: list[str]) -> go.Figure:
-    """Side-by-side scatter panels, one per model, coloured by class with one shared legend; hover shows the
-    image's label and gallery index."""
-    cols = max(len(layouts), 1)
-    fig = make_subplots(rows=1, cols=cols, subplot_titles=titles, horizontal_spacing=0.03)
-    groups = (np.unique(point_labels) if point_labels is not None else np.array([-1]))
-    for col, (model, layout) in enumerate(zip(labels_text, layouts), start=1):
-        for g_pos, group in enumerate(groups):
-            sel = (point_labels == group) if point_labels is not None else np.ones(len(indices), bool)
-            name = (classes[group] if classes and 0 <= group < len(classes) else str(group)) \
-                if point_labels is not None else "gallery"
-            fig.add_trace(go.Scattergl(
-                x=layout[sel, 0], y=layout[sel, 1], mode="markers", name=name, legendgroup=name,
-                showlegend=col == 1, marker=dict(size=4, color=PALETTE[g_pos % len(PALETTE)], opacity=0.75),
-                customdata=indices[sel], hovertemplate=f"{name}<br>index %{{customdata}}<extra>{model}</extra>",
-            ), row=1, col=col)
-        fig.update_xaxes(showticklabels=False, zeroline=False, row=1, col=col)
-        fig.update_yaxes(showticklabels=False, zeroline=False, scaleanchor=f"x{col if col > 1 else ''}",
-                         row=1, col=col)
-    fig.update_layout(height=460, margin=dict(l=10, r=10, t=70, b=10), legend=dict(itemsizing="constant"),
-                      title=dict(text=f"UMAP of {len(indices)} gallery images, aligned to {labels_text[0]}"
-                                 if labels_text else "no models", x=0.01))
-    return fig
-
-
-def score_title(model: str, knn: float | None, silhouette_value: float | None) -> str:
-    """Subplot title: the model, its k-NN accuracy and silhouette (n/a when the gallery has no labels)."""
-    knn_text = "n/a" if knn is None or math.isnan(knn) else f"{knn:.1%}"
-    sil_text = "n/a" if silhouette_value is None or math.isnan(silhouette_value) else f"{silhouette_value:.3f}"
-    return f"<b>{model}</b><br>20-NN acc {knn_text} · silhouette {sil_text}"

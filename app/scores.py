@@ -12,10 +12,7 @@ import faiss
 import numpy as np
 from sklearn.metrics import silhouette_score
 
-from app.retrieval import l2_normalize
-
-KNN_K = 20
-KNN_TEMPERATURE = 0.07
+from dinotwins.knn import KNN_K, KNN_TEMPERATURE, knn_vote, l2_normalize, topk_accuracy
 
 
 def knn_accuracy_leave_one_out(index: faiss.Index, embeddings: np.ndarray, labels: np.ndarray,
@@ -26,7 +23,7 @@ def knn_accuracy_leave_one_out(index: faiss.Index, embeddings: np.ndarray, label
     if k < 1:
         return float("nan")
     num_classes = int(labels.max()) + 1
-    correct = 0
+    correct = 0.0
     for start in range(0, n, chunk):
         queries = l2_normalize(embeddings[start:start + chunk])
         sims, ids = index.search(queries, k + 1)  # (B, k + 1): usually the image itself first
@@ -35,9 +32,8 @@ def knn_accuracy_leave_one_out(index: faiss.Index, embeddings: np.ndarray, label
         keep[keep.sum(axis=1) > k, -1] = False
         sims = sims[keep].reshape(len(queries), k)
         ids = ids[keep].reshape(len(queries), k)
-        votes = np.zeros((len(queries), num_classes), dtype=np.float64)
-        np.add.at(votes, (np.arange(len(queries))[:, None], labels[ids]), np.exp(sims / temperature))
-        correct += int((votes.argmax(axis=1) == labels[start:start + len(queries)]).sum())
+        votes = knn_vote(sims, labels[ids], num_classes, temperature)
+        correct += topk_accuracy(votes, labels[start:start + len(queries)], 1) * len(queries)
     return correct / n
 
 

@@ -12,12 +12,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import attention_tab, projection, retrieval, runs, scores
+from app import projection, render, scores
 from app.cache import ArtifactCache, cache_key
-from app.explorer import Explorer
+from app.explorer import Explorer, Neighbours, build_index, search
 from app.gallery import Gallery, load_gallery
+from app.images import read_query
 from app.models import ModelCache
-from app.ui import attention_handler, build_app, projection_handler, read_query, retrieve_handler
+from app.tabs import attention, embeddings, retrieval, runs
+from app.tabs.attention import attention_handler
+from app.tabs.embeddings import projection_handler
+from app.tabs.retrieval import retrieve_handler
+from app.ui import build_app
 from dinotwins.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,20 +61,20 @@ def photo():
 
 # ------------------------------------------------------------------------------------------------- attention
 def test_attention_view_has_one_row_per_model_with_heads_mean_and_mask(entries, photo):
-    rows, bar, table = attention_tab.attention_view(entries, photo, 0.6)
+    rows, bar, table = attention.attention_view(entries, photo, 0.6)
     assert len(rows) == len(entries) == len(table)
     for row, entry in zip(rows, entries):
         tiles = 1 + entry.model.num_heads + 2  # input, heads, mean, mask
-        assert row.size == (attention_tab.TILE * tiles, attention_tab.TILE + attention_tab.CAPTION)
-    headers = attention_tab.entropy_headers(attention_tab.most_heads(entries))
+        assert row.size == (render.TILE * tiles, render.TILE + render.CAPTION)
+    headers = attention.entropy_headers(attention.most_heads(entries))
     assert headers == ["model", "mean map", "head 1", "head 2", "head 3", "uniform (max)"]
     assert [r[0] for r in table] == [e.label for e in entries] and all(len(r) == len(headers) for r in table)
     assert bar.mode == "RGB"
 
 
 def test_every_model_is_drawn_on_one_shared_colour_scale(entries, photo):
-    maps = attention_tab.compute_maps(entries, photo, 0.6)
-    vmin, vmax = attention_tab.shared_scale(maps)
+    maps = attention.compute_maps(entries, photo, 0.6)
+    vmin, vmax = attention.shared_scale(maps)
     assert vmin == 0.0 and vmax == pytest.approx(max(float(max(m.heads.max(), m.mean.max())) for m in maps))
     for m in maps:  # "x uniform" units: each head's map averages to exactly 1
         assert np.allclose(m.heads.mean(axis=(-2, -1)), 1.0, atol=1e-4)
@@ -80,15 +85,15 @@ def test_entropy_is_log2_patches_for_uniform_attention_and_zero_for_one_patch():
     uniform = np.full((4, 4), 1 / 16)
     one_hot = np.zeros((4, 4))
     one_hot[1, 2] = 1.0
-    assert attention_tab.entropy_bits(uniform) == pytest.approx(4.0)
-    assert attention_tab.entropy_bits(one_hot) == pytest.approx(0.0)
-    assert attention_tab.entropy_bits(np.stack([uniform * 3, one_hot])) == pytest.approx([4.0, 0.0])
+    assert attention.entropy_bits(uniform) == pytest.approx(4.0)
+    assert attention.entropy_bits(one_hot) == pytest.approx(0.0)
+    assert attention.entropy_bits(np.stack([uniform * 3, one_hot])) == pytest.approx([4.0, 0.0])
 
 
 @pytest.mark.parametrize("keep_mass,kept", [(0.45, 1), (0.6, 2), (0.75, 2), (0.85, 3), (1.0, 4)])
 def test_mass_mask_keeps_the_smallest_set_of_patches_holding_the_mass(keep_mass, kept):
     weights = np.array([[0.1, 0.5], [0.3, 0.1]])
-    mask = attention_tab.mass_mask(weights, keep_mass)
+    mask = attention.mass_mask(weights, keep_mass)
     assert mask.sum() == kept and mask[0, 1]
     assert weights[mask].sum() >= keep_mass - 1e-9
 
@@ -97,7 +102,7 @@ def test_mass_mask_keeps_the_smallest_set_of_patches_holding_the_mass(keep_mass,
 def test_flat_ip_index_on_normalized_embeddings_ranks_by_cosine():
     rng = np.random.default_rng(0)
     gallery, query = rng.normal(size=(50, 8)), rng.normal(size=(1, 8))
-    sims, ids = retrieval.search(retrieval.build_index(gallery), query, k=5)
+    sims, ids = search(build_index(gallery), query, k=5)
     cosine = (gallery @ query[0]) / (np.linalg.norm(gallery, axis=1) * np.linalg.norm(query))
     assert ids[0].tolist() == np.argsort(-cosine)[:5].tolist()
     assert np.allclose(sims[0], np.sort(cosine)[::-1][:5], atol=1e-5)
@@ -105,14 +110,13 @@ def test_flat_ip_index_on_normalized_embeddings_ranks_by_cosine():
 
 def test_search_leaves_out_the_excluded_index_and_still_returns_k():
     points = np.eye(4, dtype=np.float32) + 0.01
-    sims, ids = retrieval.search(retrieval.build_index(points), points[2:3], k=3, exclude=2)
+    sims, ids = search(build_index(points), points[2:3], k=3, exclude=2)
     assert 2 not in ids[0] and len(ids[0]) == 3
 
 
-def test_jaccard_and_precision_on_hand_checked_lists():
+def test_jaccard_on_hand_checked_lists():
     assert retrieval.jaccard(np.array([1, 2, 3]), np.array([2, 3, 4])) == pytest.approx(2 / 4)
     assert retrieval.jaccard(np.array([], int), np.array([], int)) == 1.0
-    assert retrieval.precision_at_k(np.array([1, 1, 0, 1]), 1) == 0.75
 
 
 def test_gallery_query_excludes_itself_and_is_scored_with_its_own_label(explorer, gallery):
@@ -131,8 +135,8 @@ def test_uploaded_query_gets_precision_only_when_its_class_is_given(explorer, ph
 
 
 def test_overlap_matrix_is_symmetric_with_ones_on_the_diagonal():
-    a = retrieval.Neighbours("a", np.array([1, 2]), np.ones(2), None)
-    b = retrieval.Neighbours("b", np.array([2, 3]), np.ones(2), None)
+    a = Neighbours("a", np.array([1, 2]), np.ones(2), None)
+    b = Neighbours("b", np.array([2, 3]), np.ones(2), None)
     assert retrieval.overlap_matrix([a, b]) == [["a", "1.00", "0.33"], ["b", "0.33", "1.00"]]
 
 
@@ -170,7 +174,7 @@ def test_knn_leave_one_out_and_silhouette_on_separated_clusters():
     centres = np.eye(3, 16) * 10
     labels = np.repeat(np.arange(3), 30)
     points = centres[labels] + rng.normal(scale=0.1, size=(90, 16))
-    index = retrieval.build_index(points)
+    index = build_index(points)
     assert scores.knn_accuracy_leave_one_out(index, points, labels, k=5) == 1.0
     assert scores.silhouette(points, labels) > 0.9
     assert np.isnan(scores.silhouette(points, np.zeros(90, int)))
@@ -191,7 +195,7 @@ def test_projection_is_computed_once_then_served_from_disk(explorer, entries, ga
     again = Explorer(entries, gallery, explorer.cache, umap_points=64, umap_epochs=20).projection()
     assert all(np.allclose(a, b) for a, b in zip(first.layouts, again.layouts))
     assert again.knn == first.knn
-    fig = projection.projection_figure(explorer.labels, again.layouts, again.indices,
+    fig = embeddings.projection_figure(explorer.labels, again.layouts, again.indices,
                                        gallery.labels[again.indices], gallery.classes, ["a", "b", "c"])
     assert {t.legendgroup for t in fig.data} == set(gallery.classes[c] for c in np.unique(gallery.labels))
     assert len(fig.data) == 3 * len(np.unique(gallery.labels[again.indices]))
@@ -213,7 +217,7 @@ def test_cache_round_trips_arrays_indexes_and_json(tmp_path):
     array = np.arange(12, dtype=np.float32).reshape(3, 4)
     cache.save_array(key, "emb.npy", array)
     assert np.array_equal(cache.load_array(key, "emb.npy", shape=(3, 4), dtype=np.float32), array)
-    index = retrieval.build_index(array + 1)
+    index = build_index(array + 1)
     cache.save_index(key, "index.faiss", index)
     assert cache.load_index(key, "index.faiss", ntotal=3, dim=4).ntotal == 3
     cache.save_json(key, "s.json", {"knn": 0.5})

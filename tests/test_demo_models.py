@@ -13,7 +13,7 @@ import pytest
 from dinotwins import load_model
 from dinotwins.ship import QUICK_CHECK, QUICK_CHECK_TOLERANCE, quick_check_row
 
-DEMO = Path(__file__).resolve().parent.parent / "assets" / "models"
+DEMO = Path(__file__).resolve().parent.parent / "assets" / "models" / "fashion-mnist"
 METHODS = ("dino", "barlow", "hybrid")
 FIGURES = ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "attn_jaccard_mean_heads",
            "attn_jaccard_best_head", "embedding_std")

@@ -13,12 +13,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from app.models import ModelEntry
+from app.tabs.base import TabContext
 from dinotwins.runlog import read_metrics
+
+TITLE, ID = "Runs", "runs"
 
 CURVES = (  # (panel title, [(metrics key, line dash)])
     ("loss", [("loss", "solid"), ("loss_dino", "dash"), ("loss_barlow", "dot")]),
@@ -109,3 +113,11 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value).replace("\n", " ")
+
+
+def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
+    with gr.Row():
+        for entry in ctx.entries:
+            gr.Markdown(run_card(entry))
+    gr.Plot(value=curves_figure(ctx.entries), label="Training curves")
+    return []

@@ -1,0 +1,187 @@
+"""Attention tab: what each model's last-layer CLS token attends to, per head, on one image.
+
+One row per model: the input as the model sees it (square), each head's CLS-to-patch attention as a heat map
+over the image, the mean over heads, and the mass-threshold mask of the mean map (DINO paper, Fig. 3: the
+smallest set of patches holding at least `keep_mass` of the attention; `dinotwins`' own mask, the one the
+evaluation scores). Beside every map: its entropy in bits (log2 of the patch count = uniform attention).
+
+Maps are shown in units of "x uniform" (attention x number of patches, so 1 = uniform attention): models with
+different patch grids become comparable, and ONE colour scale is shared by all rows. Attention is renormalized
+over the patches first (the CLS token's share of its own attention is dropped), as in DINO's
+visualize_attention.py. `scale` runs every model at that multiple of its training size (position embeddings
+interpolated) for finer maps; `DEFAULT_SCALE` is the one measured best on the scenes test split (README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+from app import render
+from app.images import read_query
+from app.models import ModelEntry
+from app.tabs.base import TabContext, gradio_errors
+from dinotwins.attention_masks import mass_threshold_mask
+from dinotwins.errors import UserError
+
+TITLE, ID = "Attention", "attention"
+DEFAULT_KEEP_MASS = 0.6  # DINO paper, Fig. 3
+SCALES = (1.0, 1.5, 2.0)  # multiples of each model's training size offered for finer maps
+DEFAULT_SCALE = 1.0
+
+
+@dataclass
+class AttentionMaps:
+    """One model's maps on one image, in "x uniform" units (see the module docstring)."""
+
+    model: str
+    image: Image.Image  # the input as the model sees it, RGB, its input size
+    heads: np.ndarray  # (heads, h, w)
+    mean: np.ndarray  # (h, w)
+    mask: np.ndarray  # (h, w) bool
+    head_entropy: np.ndarray  # (heads,) bits
+    mean_entropy: float  # bits
+    keep_mass: float
+
+    @property
+    def max_entropy(self) -> float:
+        return float(np.log2(self.mean.size))
+
+
+def entropy_bits(weights: np.ndarray) -> np.ndarray:
+    """Shannon entropy (bits) of attention maps (..., h, w), each normalized to sum 1 first."""
+    flat = weights.reshape(*weights.shape[:-2], -1).astype(np.float64)
+    p = flat / np.maximum(flat.sum(axis=-1, keepdims=True), 1e-12)
+    return -(p * np.log2(np.clip(p, 1e-30, None))).sum(axis=-1)
+
+
+def mass_mask(weights: np.ndarray, keep_mass: float) -> np.ndarray:
+    """(h, w) map -> bool mask of the smallest set of patches holding >= keep_mass of its total mass."""
+    return np.asarray(mass_threshold_mask(torch.from_numpy(weights), keep_mass)).astype(bool)
+
+
+def compute_maps(entries: list[ModelEntry], image: Image.Image, keep_mass: float = DEFAULT_KEEP_MASS,
+                 scale: float = DEFAULT_SCALE) -> list[AttentionMaps]:
+    """Every model's attention on `image` (RGB PIL), each model run at `scale` times its training size."""
+    maps = []
+    for entry in entries:
+        model = entry.model
+        size = model.input_size(scale)
+        attn = model.attention(model.preprocess([image], size))[0].cpu().numpy().astype(np.float64)  # (heads, h, w)
+        probs = attn / np.maximum(attn.sum(axis=(-2, -1), keepdims=True), 1e-12)  # over patches only
+        n_patches = probs.shape[-1] * probs.shape[-2]
+        mean = probs.mean(axis=0)
+        maps.append(AttentionMaps(
+            model=entry.label,
+            image=image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC),
+            heads=(probs * n_patches).astype(np.float32),
+            mean=(mean * n_patches).astype(np.float32),
+            mask=mass_mask(mean, keep_mass),
+            head_entropy=entropy_bits(probs).astype(np.float32),
+            mean_entropy=float(entropy_bits(mean)),
+            keep_mass=keep_mass,
+        ))
+    return maps
+
+
+def shared_scale(maps: list[AttentionMaps]) -> tuple[float, float]:
+    """(vmin, vmax) over every head and mean map of every model."""
+    vmax = max((float(max(m.heads.max(), m.mean.max())) for m in maps), default=1.0)
+    return 0.0, max(vmax, 1e-6)
+
+
+def render_row(maps: AttentionMaps, vmin: float, vmax: float) -> Image.Image:
+    """[input | head 1 .. head H | mean | mask] with a caption (entropy, mask share) under each tile."""
+    base = np.asarray(maps.image.resize((render.TILE, render.TILE), Image.Resampling.BICUBIC), dtype=np.float32)
+    h, w = maps.mean.shape
+    tiles = [(base.astype(np.uint8), f"input · {w}x{h} patches")]
+    for k, (head, ent) in enumerate(zip(maps.heads, maps.head_entropy), start=1):
+        tiles.append((render.overlay(base, head, vmin, vmax), f"head {k} · H={ent:.2f} b"))
+    tiles.append((render.overlay(base, maps.mean, vmin, vmax), f"mean · H={maps.mean_entropy:.2f} b"))
+    tiles.append((render.masked(base, maps.mask),
+                  f"mask {maps.keep_mass:.0%} · {int(maps.mask.sum())}/{maps.mask.size}"))
+    return render.tile_row(tiles)
+
+
+def entropy_headers(most_heads: int) -> list[str]:
+    return ["model", "mean map"] + [f"head {h}" for h in range(1, most_heads + 1)] + ["uniform (max)"]
+
+
+def entropy_rows(maps: list[AttentionMaps], most_heads: int) -> list[list[str]]:
+    """Per model: the entropy (bits) of the mean map, of every head (blank past its own heads), the uniform max."""
+    rows = []
+    for m in maps:
+        heads = [f"{e:.2f}" for e in m.head_entropy] + [""] * (most_heads - len(m.head_entropy))
+        rows.append([m.model, f"{m.mean_entropy:.2f}", *heads, f"{m.max_entropy:.2f}"])
+    return rows
+
+
+def most_heads(entries: list[ModelEntry]) -> int:
+    return max((e.model.num_heads for e in entries), default=0)
+
+
+def attention_view(entries: list[ModelEntry], image: Image.Image, keep_mass: float = DEFAULT_KEEP_MASS,
+                   scale: float = DEFAULT_SCALE) -> tuple[list[Image.Image], Image.Image, list[list[str]]]:
+    """The whole tab for one image: (one row image per model, the colour bar, entropy rows; see
+    `entropy_headers(most_heads(entries))`)."""
+    maps = compute_maps(entries, image, keep_mass, scale)
+    vmin, vmax = shared_scale(maps)
+    return ([render_row(m, vmin, vmax) for m in maps], render.colorbar(vmin, vmax),
+            entropy_rows(maps, most_heads(entries)))
+
+
+def attention_handler(explorer, image: Any, keep_mass: float | None = DEFAULT_KEEP_MASS,
+                      scale: float | None = DEFAULT_SCALE) -> list:
+    """[one row image per model, the shared colour scale, entropy rows]."""
+    picture = read_query(image)
+    if picture is None:
+        raise UserError("no image: upload one or click an example")
+    keep = float(DEFAULT_KEEP_MASS if keep_mass is None else keep_mass)
+    if not 0.0 < keep <= 1.0:
+        raise UserError(f"keep_mass must be in (0, 1], got {keep}")
+    scale = float(DEFAULT_SCALE if scale is None else scale)
+    if not 0.25 <= scale <= 4.0:
+        raise UserError(f"scale must be between 0.25 and 4 (times the training size), got {scale}")
+    rows, bar, entropy = attention_view(explorer.entries, picture, keep, scale)
+    return [*rows, bar, entropy]
+
+
+def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
+    models = ctx.entries
+
+    @gradio_errors
+    def attention(image, keep_mass=DEFAULT_KEEP_MASS, scale=DEFAULT_SCALE):
+        """Last-layer CLS attention of every model on one image, on one shared colour scale.
+
+        Parameters:
+            image: the query image (PNG, JPEG, WebP, GIF, BMP or TIFF)
+            keep_mass: share of the attention mass the mask keeps, in (0, 1]
+            scale: run each model at this multiple of its training size (finer maps), e.g. 1, 1.5 or 2
+        Returns:
+            one row image per model (input, each head, mean, mask), the colour scale, entropy (bits) per head
+        """
+        return attention_handler(ctx.explorer, image, keep_mass, scale)
+
+    with gr.Row():
+        keep_mass = gr.Slider(0.05, 1.0, value=DEFAULT_KEEP_MASS, step=0.05,
+                              label="Mask keeps this share of the attention mass (DINO: 60%)")
+        scale = gr.Radio(list(SCALES), value=DEFAULT_SCALE, label="Input size (x each model's training size)")
+        button = gr.Button("Show attention", variant="primary")
+    gr.Markdown("Heat maps: last-layer CLS attention per head, then the mean over heads, then the mask of the "
+                "mean. One colour scale for every map of every model, in units of uniform attention (1x = every "
+                "patch equal). H = entropy in bits. A larger input size gives each model more patches (its "
+                "position embeddings interpolated): finer maps.")
+    bar = gr.Image(label="Shared colour scale (x uniform attention)", interactive=False, height=60, format="png",
+                   elem_id="attention-scale")
+    rows = [gr.Image(label=e.label, interactive=False, format="png", elem_id=f"attention-row-{i}")
+            for i, e in enumerate(models)]
+    entropy = gr.Dataframe(label="Attention entropy (bits) per head", interactive=False,
+                           headers=entropy_headers(most_heads(models)))
+    io = dict(fn=attention, inputs=[ctx.query, keep_mass, scale], outputs=[*rows, bar, entropy], preprocess=False)
+    gr.on([button.click, keep_mass.release, scale.input], api_name="attention", **io)
+    return [io]

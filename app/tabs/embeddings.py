@@ -1,0 +1,88 @@
+"""Embeddings tab: each model's 2-D UMAP of one seeded gallery subsample, aligned across models, in plotly, with
+each model's leave-one-out k-NN accuracy and silhouette on the gallery (the layouts come from app/projection.py,
+the scores from app/scores.py, both through the explorer's cache).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from app.explorer import Progress, no_progress
+from app.tabs.base import TabContext, gradio_errors
+
+TITLE, ID = "Embeddings", "embeddings"
+PALETTE = qualitative.D3 + qualitative.Plotly + qualitative.Dark24
+
+
+def projection_figure(labels_text: list[str], layouts: list[np.ndarray], indices: np.ndarray,
+                      point_labels: np.ndarray | None, classes: list[str] | None,
+                      titles: list[str]) -> go.Figure:
+    """Side-by-side scatter panels, one per model, coloured by class with one shared legend; hover shows the
+    image's label and gallery index."""
+    cols = max(len(layouts), 1)
+    fig = make_subplots(rows=1, cols=cols, subplot_titles=titles, horizontal_spacing=0.03)
+    groups = (np.unique(point_labels) if point_labels is not None else np.array([-1]))
+    for col, (model, layout) in enumerate(zip(labels_text, layouts), start=1):
+        for g_pos, group in enumerate(groups):
+            sel = (point_labels == group) if point_labels is not None else np.ones(len(indices), bool)
+            name = (classes[group] if classes and 0 <= group < len(classes) else str(group)) \
+                if point_labels is not None else "gallery"
+            fig.add_trace(go.Scattergl(
+                x=layout[sel, 0], y=layout[sel, 1], mode="markers", name=name, legendgroup=name,
+                showlegend=col == 1, marker=dict(size=4, color=PALETTE[g_pos % len(PALETTE)], opacity=0.75),
+                customdata=indices[sel], hovertemplate=f"{name}<br>index %{{customdata}}<extra>{model}</extra>",
+            ), row=1, col=col)
+        fig.update_xaxes(showticklabels=False, zeroline=False, row=1, col=col)
+        fig.update_yaxes(showticklabels=False, zeroline=False, scaleanchor=f"x{col if col > 1 else ''}",
+                         row=1, col=col)
+    fig.update_layout(height=460, margin=dict(l=10, r=10, t=70, b=10), legend=dict(itemsizing="constant"),
+                      title=dict(text=f"UMAP of {len(indices)} gallery images, aligned to {labels_text[0]}"
+                                 if labels_text else "no models", x=0.01))
+    return fig
+
+
+def score_title(model: str, knn: float | None, silhouette_value: float | None) -> str:
+    """Subplot title: the model, its k-NN accuracy and silhouette (n/a when the gallery has no labels)."""
+    knn_text = "n/a" if knn is None or math.isnan(knn) else f"{knn:.1%}"
+    sil_text = "n/a" if silhouette_value is None or math.isnan(silhouette_value) else f"{silhouette_value:.3f}"
+    return f"<b>{model}</b><br>20-NN acc {knn_text} · silhouette {sil_text}"
+
+
+def projection_handler(explorer, progress: Progress = no_progress) -> tuple[Any, str]:
+    """(plotly figure of the aligned UMAP panels, markdown table of k-NN accuracy and silhouette)."""
+    result = explorer.projection(progress=progress)
+    gallery = explorer.gallery
+    titles = [score_title(m, knn, sil) for m, knn, sil in zip(explorer.labels, result.knn, result.silhouette)]
+    labels = None if gallery.labels is None else gallery.labels[result.indices]
+    figure = projection_figure(explorer.labels, result.layouts, result.indices, labels, gallery.classes, titles)
+    table = ["| model | 20-NN accuracy (leave-one-out, whole gallery) | silhouette (cosine, subsample) |",
+             "|---|---|---|"]
+    for model, knn, sil in zip(explorer.labels, result.knn, result.silhouette):
+        knn_text = "n/a" if knn is None else f"{knn:.2%}"
+        table.append(f"| {model} | {knn_text} | {'n/a' if sil is None else f'{sil:.3f}'} |")
+    return figure, "\n".join(table)
+
+
+def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
+    @gradio_errors
+    def projection(progress=gr.Progress()):
+        """2-D UMAP of the gallery per model, aligned to the first model, with k-NN accuracy and silhouette.
+
+        Returns:
+            plotly figure, scores table (markdown)
+        """
+        return projection_handler(ctx.explorer, progress)
+
+    button = gr.Button("Show / refresh the projection")
+    plot = gr.Plot(label="UMAP of the gallery, aligned across models", elem_id="projection")
+    scores = gr.Markdown(label="Projection scores")
+    gr.on([button.click, tab.select], fn=projection, inputs=None, outputs=[plot, scores],
+          api_name="projection")
+    return []
