@@ -37,16 +37,17 @@ test-fast: setup
 demo: setup
 	$(BIN)/python -m app
 
-# Train the three demo models with the demo preset and package them under assets/models/ (weights, metrics,
-# eval.json). About 10 minutes on one H100 for all three; many hours on a 2-core CPU (see README, Results).
-# DEMO_PRESET=cpu is the shorter CPU recipe (dinotwins/presets/cpu.yaml) that trained the shipped DINO and hybrid.
-DEMO_PRESET ?= demo
+# Train the three demo models of one set with one recipe and package them under assets/models/<set>/ (weights,
+# metrics, eval.json). The default is the scenes set (scenes preset, 64 px; hours on a 2-core CPU, see README,
+# Results); DEMO_DATA=fashion-mnist DEMO_PRESET=cpu DEMO_EXTRA="--epochs 15" is the Fashion-MNIST CPU recipe.
+DEMO_DATA ?= scenes
+DEMO_PRESET ?= scenes
 DEMO_EXTRA ?=
 demo-models: setup
 	for m in dino barlow hybrid; do \
-	  $(BIN)/python train.py --method $$m --preset $(DEMO_PRESET) --data fashion-mnist --out runs/demo/$$m $(DEMO_EXTRA) && \
-	  $(BIN)/python -m dinotwins.ship runs/demo/$$m assets/models/$$m \
-	    --command "python train.py --method $$m --preset $(DEMO_PRESET) --data fashion-mnist --out runs/demo/$$m $(DEMO_EXTRA)" \
+	  $(BIN)/python train.py --method $$m --preset $(DEMO_PRESET) --data $(DEMO_DATA) --out runs/demo-$(DEMO_DATA)/$$m $(DEMO_EXTRA) && \
+	  $(BIN)/python -m dinotwins.ship runs/demo-$(DEMO_DATA)/$$m assets/models/$(DEMO_DATA)/$$m --data $(DEMO_DATA) \
+	    --command "python train.py --method $$m --preset $(DEMO_PRESET) --data $(DEMO_DATA) --out runs/demo-$(DEMO_DATA)/$$m $(DEMO_EXTRA)" \
 	    || exit 1; done
 
 bench: setup
