@@ -270,24 +270,33 @@ def test_cache_key_changes_with_weights_gallery_and_preprocessing(explorer, entr
 
 
 # ------------------------------------------------------------------------------------------------- runs
-def test_run_card_shows_provenance_and_eval_figures(entries, tmp_path):
+def test_run_card_shows_provenance_and_the_table_the_eval_figures(entries):
     entry = entries[0]
     card = runs.run_card(entry)
     assert "**method**: dino" in card and "**steps**: 4" in card and entry.model.weights_hash[:12] in card
-    (entry.folder / "eval.json").write_text(json.dumps({"knn": {"top1": 0.71}, "linear": 0.8}))
+    assert runs.comparison_rows([entry])[0][6:] == ["-", "-", "-", "-"]  # no eval.json yet
+    report = {"train_seconds": 7200, "device": "2-core CPU; resumed once",
+              "full": {"knn_top1": 0.712, "linear_top1": 0.8, "attn_jaccard_mean_heads": 0.31,
+                       "attn_jaccard_best_head": 0.4, "effective_rank": 12.34}}
+    (entry.folder / "eval.json").write_text(json.dumps(report))
     try:
-        card = runs.run_card(entry)
-        assert "knn.top1" in card and "0.71" in card
+        row = runs.comparison_rows([entry])[0]
+        assert dict(zip(runs.TABLE_HEADERS, row)) == {
+            "model": "dino", "method": "dino", "data": "synthetic:64", "architecture": runs.architecture(entry),
+            "steps": "4", "training": "2.0 h on 2-core CPU", "k-NN top-1": "71.2 %", "linear top-1": "80.0 %",
+            "attn J mean / best head": "0.310 / 0.400", "eff. rank": "12.3"}
     finally:
         (entry.folder / "eval.json").unlink()
 
 
-def test_training_curves_have_loss_entropy_and_std_per_model(entries):
-    fig = runs.curves_figure(entries)
-    names = {t.name for t in fig.data}
-    for entry in entries:
-        assert f"{entry.label}: loss" in names and f"{entry.label}: embed_std" in names
-    assert "dino: teacher_entropy" in names
+def test_training_curves_have_a_panel_per_quantity_and_a_trace_per_model(entries):
+    fig = runs.curves_figure(entries, {"teacher_entropy": [("dino", 5.5, "ln K")]})
+    titles = [a.text for a in fig.layout.annotations]
+    assert "loss (÷ its first value)" in titles and "teacher entropy (nats)" in titles and "ln K" in titles
+    loss = [t for t in fig.data if t.xaxis == "x"]  # the first panel: the loss of every model
+    assert sorted(t.name for t in loss) == sorted(e.label for e in entries)
+    assert all(t.y[0] == pytest.approx(1.0) for t in loss)
+    assert sum(t.showlegend for t in fig.data) == len(entries)
 
 
 # ------------------------------------------------------------------------------------------------- models, ui

@@ -1,9 +1,13 @@
-"""Runs tab: each model's run card and training curves.
+"""Runs tab: the models side by side as a person reads them, then their training curves.
 
-The card comes from the weights' own metadata (`m.metadata`: method, data, steps, provenance, architecture)
-and, when an `eval.json` sits in the run dir or beside the weights, its figures. The curves come from
-`metrics.jsonl` (in the run dir or beside the exported weights): loss terms, the DINO teacher's entropy and
-the embedding std, one colour per model so runs can be compared.
+- One comparison table, a row per model: method, data, architecture, steps, training time and hardware, and the
+  evaluation figures (k-NN, 10 %-label linear probe, attention Jaccard, effective rank) from the `eval.json` beside
+  the weights (written by `python -m dinotwins.ship`; "-" where a model has none).
+- Curves from each run's `metrics.jsonl`, one panel per quantity. The loss is drawn relative to each run's first
+  logged value, because Barlow Twins' loss (about 2 000 at the start) and DINO's (about ln K) differ by orders of
+  magnitude; the hybrid's two terms have panels of their own in their own units. Where a quantity has a collapse
+  threshold (the training's collapse monitor), it is drawn as a dotted line in the model's colour.
+- Each model's provenance (the weights' metadata) in a collapsed accordion.
 """
 
 from __future__ import annotations
@@ -23,12 +27,23 @@ from app.tabs.base import TabContext
 from dinotwins.runlog import read_metrics
 
 TITLE, ID = "Runs", "runs"
-
-CURVES = (  # (panel title, [(metrics key, line dash)])
-    ("loss", [("loss", "solid"), ("loss_dino", "dash"), ("loss_barlow", "dot")]),
-    ("teacher entropy (nats)", [("teacher_entropy", "solid")]),
-    ("embedding std (x sqrt(d))", [("embed_std", "solid")]),
+COLOURS = qualitative.D3
+# (metrics key, panel title); "loss" is drawn relative to each run's first logged value.
+PANELS = (
+    ("loss", "loss (÷ its first value)"),
+    ("loss_dino", "DINO term (hybrid)"),
+    ("loss_barlow", "Barlow term (hybrid)"),
+    ("teacher_entropy", "teacher entropy (nats)"),
+    ("kl_teacher_student", "KL(teacher || student)"),
+    ("embed_std", "std of L2-normalized embeddings"),
+    ("barlow_diag_rms_error", "Barlow: rms of 1 - C_ii"),
+    ("lr", "learning rate"),
+    ("grad_norm", "gradient norm"),
+    ("img_per_s", "images / s"),
 )
+PANEL_COLUMNS = 4
+TABLE_HEADERS = ("model", "method", "data", "architecture", "steps", "training", "k-NN top-1", "linear top-1",
+                 "attn J mean / best head", "eff. rank")
 CARD_FIELDS = ("method", "data", "steps", "total_steps", "epochs", "git_commit", "created", "source", "note")
 
 
@@ -51,73 +66,112 @@ def read_eval(entry: ModelEntry) -> dict[str, Any] | None:
     return None
 
 
+def architecture(entry: ModelEntry) -> str:
+    m = entry.model
+    return (f"{len(m.backbone.blocks)} blocks · {m.embed_dim}-d · {m.num_heads} heads · patch {m.patch_size} · "
+            f"{m.image_size} px")
+
+
+def comparison_rows(entries: list[ModelEntry]) -> list[list[str]]:
+    """One row per model under `TABLE_HEADERS`."""
+    rows = []
+    for entry in entries:
+        meta, report = entry.model.metadata or {}, read_eval(entry) or {}
+        full = report.get("full") if isinstance(report.get("full"), dict) else {}
+        seconds, device = report.get("train_seconds"), report.get("device")
+        training = "-"
+        if isinstance(seconds, (int, float)):
+            training = f"{seconds / 3600:.1f} h" + (f" on {_first_clause(device)}" if device else "")
+        steps = meta.get("steps", report.get("steps"))
+        jaccards = (full.get("attn_jaccard_mean_heads"), full.get("attn_jaccard_best_head"))
+        rows.append([entry.label, str(meta.get("method", "-")), str(meta.get("data", "-")), architecture(entry),
+                     "-" if steps is None else str(steps), training, _percent(full.get("knn_top1")),
+                     _percent(full.get("linear_top1")),
+                     "-" if None in jaccards else f"{jaccards[0]:.3f} / {jaccards[1]:.3f}",
+                     "-" if full.get("effective_rank") is None else f"{full['effective_rank']:.1f}"])
+    return rows
+
+
 def run_card(entry: ModelEntry) -> str:
-    """Markdown: the model's provenance, architecture and evaluation figures."""
+    """Markdown: the model's provenance (the weights' metadata), where its files are."""
     m = entry.model
     meta = m.metadata or {}
-    lines = [f"### {entry.label}", ""]
+    lines = [f"**{entry.label}**", ""]
     lines += [f"- **{key}**: {_fmt(meta[key])}" for key in CARD_FIELDS if meta.get(key) not in (None, "")]
-    lines.append(f"- **architecture**: {m.embed_dim}-d, {m.num_heads} heads, patch {m.patch_size}, {m.image_size} px")
+    lines.append(f"- **architecture**: {architecture(entry)}")
     lines.append(f"- **weights**: `{entry.path}` (sha256 {m.weights_hash[:12]}...)")
     metrics = metrics_path(entry)
     lines.append(f"- **metrics**: {f'`{metrics}`' if metrics else 'no metrics.jsonl beside the weights'}")
-    evaluation = read_eval(entry)
-    if evaluation:
-        lines += ["", "**Evaluation** (eval.json)", ""]
-        lines += [f"- **{key}**: {_fmt(value)}" for key, value in _flatten(evaluation)[:40]]
+    report = read_eval(entry) or {}
+    for key in ("command", "device"):
+        if report.get(key):
+            lines.append(f"- **{key}**: {_fmt(report[key])}")
     return "\n".join(lines)
 
 
-def curves_figure(entries: list[ModelEntry]) -> go.Figure:
-    """Three panels (loss terms, teacher entropy, embedding std) against step, one colour per model."""
-    fig = make_subplots(rows=1, cols=len(CURVES), subplot_titles=[title for title, _ in CURVES],
-                        horizontal_spacing=0.07)
-    colours = qualitative.D3
-    missing = []
-    for m_pos, entry in enumerate(entries):
-        path = metrics_path(entry)
-        rows = read_metrics(path) if path else []
-        if not rows:
-            missing.append(entry.label)
-            continue
-        for col, (_, keys) in enumerate(CURVES, start=1):
-            for key, dash in keys:
-                points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))
-                          and not (isinstance(r.get(key), float) and math.isnan(r[key]))]
-                if not points:
-                    continue
-                steps, values = zip(*points)
-                fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=f"{entry.label}: {key}",
-                                         legendgroup=entry.label, line=dict(color=colours[m_pos % len(colours)],
-                                                                            dash=dash)), row=1, col=col)
-    for col in range(1, len(CURVES) + 1):
-        fig.update_xaxes(title_text="step", row=1, col=col)
-    note = f"no metrics.jsonl for: {', '.join(missing)}" if missing else ""
-    fig.update_layout(height=380, margin=dict(l=10, r=10, t=60, b=10),
-                      title=dict(text=note, x=0.01, font=dict(size=12)))
+def curves_figure(entries: list[ModelEntry], thresholds: dict[str, list[tuple[str, float, str]]] | None = None
+                  ) -> go.Figure:
+    """One panel per quantity any model logged (`PANELS`), against step, one colour per model. `thresholds` maps
+    a metrics key to (model label, value, what it means) lines."""
+    runs = {e.label: read_metrics(p) if (p := metrics_path(e)) else [] for e in entries}
+    present = [(key, title) for key, title in PANELS if any(key in row for rows in runs.values() for row in rows)]
+    cols = PANEL_COLUMNS
+    grid_rows = max(1, math.ceil(len(present) / cols))
+    fig = make_subplots(rows=grid_rows, cols=cols, subplot_titles=[t for _, t in present], horizontal_spacing=0.06,
+                        vertical_spacing=0.14)
+    colour = {label: COLOURS[i % len(COLOURS)] for i, label in enumerate(runs)}
+    for position, (key, _) in enumerate(present):
+        row, col = divmod(position, cols)
+        for label, rows in runs.items():
+            points = [(r["step"], r[key]) for r in rows if _number(r.get(key))]
+            if not points:
+                continue
+            steps, values = zip(*points)
+            if key == "loss" and values[0]:
+                values = [v / values[0] for v in values]
+            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=label, legendgroup=label,
+                                     showlegend=label not in _shown(fig),
+                                     line=dict(color=colour[label], width=1.5)), row=row + 1, col=col + 1)
+        for label, value, meaning in (thresholds or {}).get(key, []):
+            fig.add_hline(y=value, line=dict(color=colour.get(label, "grey"), dash="dot", width=1),
+                          annotation_text=meaning, annotation_font_size=9, row=row + 1, col=col + 1)
+    missing = [label for label, rows in runs.items() if not rows]
+    fig.update_layout(height=260 * grid_rows + 80, margin=dict(l=10, r=10, t=70, b=10),
+                      title=dict(text=f"no metrics.jsonl for: {', '.join(missing)}" if missing else "", x=0.01,
+                                 font=dict(size=12)))
     return fig
 
 
-def _flatten(value: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    items = []
-    for key, v in value.items():
-        name = f"{prefix}{key}"
-        if isinstance(v, dict):
-            items += _flatten(v, name + ".")
-        elif isinstance(v, (int, float, str, bool)) or v is None:
-            items.append((name, v))
-    return items
+def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
+    gr.Dataframe(value=comparison_rows(ctx.entries), headers=list(TABLE_HEADERS), interactive=False,
+                 label="The models side by side (figures from each model's eval.json: full test split)",
+                 elem_id="runs-table", wrap=True)
+    gr.Plot(value=curves_figure(ctx.entries), label="Training curves")
+    with gr.Accordion("Provenance", open=False):
+        with gr.Row():
+            for entry in ctx.entries:
+                gr.Markdown(run_card(entry))
+    return []
+
+
+def _shown(fig: go.Figure) -> set[str]:
+    return {trace.name for trace in fig.data if trace.showlegend}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * value:.1f} %" if _number(value) else "-"
+
+
+def _first_clause(text: str) -> str:
+    """The hardware part of a device note: up to its first semicolon."""
+    return str(text).split(";")[0].strip()
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value).replace("\n", " ")
-
-
-def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
-    with gr.Row():
-        for entry in ctx.entries:
-            gr.Markdown(run_card(entry))
-    gr.Plot(value=curves_figure(ctx.entries), label="Training curves")
-    return []
