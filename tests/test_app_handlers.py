@@ -352,3 +352,36 @@ def test_build_app_registers_the_three_api_endpoints(entries, gallery, tmp_path)
     demo = build_app(entries, gallery, cache=ArtifactCache(tmp_path))
     names = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert {"attention", "retrieve", "projection"} <= names
+
+
+# ------------------------------------------------------------------------------------------------- exports
+def test_every_tab_exports_its_picture_and_the_numbers_behind_it(explorer, entries, photo):
+    import csv
+
+    png, numbers = attention.attention_export(explorer, photo, 0.6, 1.0)
+    assert Image.open(png).size[0] == render.TILE * (1 + entries[0].model.num_heads + 2)
+    maps = json.loads(Path(numbers).read_text())["models"]
+    assert [m["model"] for m in maps] == explorer.labels
+    assert np.allclose(np.mean(maps[0]["heads"], axis=(-2, -1)), 1.0, atol=1e-3)  # "x uniform" units
+
+    png, table = retrieval.retrieve_export(explorer, None, 3, 5)
+    rows = list(csv.DictReader(open(table)))
+    assert len(rows) == 3 * len(entries) and {r["rank"] for r in rows} == {"1", "2", "3"}
+    assert "5" not in {r["gallery_index"] for r in rows}  # the query itself is left out
+    assert Image.open(png).size[1] >= 3 * render.TILE
+
+    layouts, scores = embeddings.projection_export(explorer)
+    rows = list(csv.DictReader(open(layouts)))
+    assert len(rows) == 64 * len(entries) and set(rows[0]) == {"model", "gallery_index", "label", "x", "y"}
+    assert [s["model"] for s in json.loads(Path(scores).read_text())] == explorer.labels
+
+    table, curves = runs.runs_export(entries)
+    assert [r["model"] for r in csv.DictReader(open(table))] == explorer.labels
+    assert set(json.loads(Path(curves).read_text())) == set(explorer.labels)
+
+
+def test_exports_of_bad_input_are_user_errors(explorer):
+    with pytest.raises(UserError, match="no image"):
+        attention.attention_export(explorer, None)
+    with pytest.raises(UserError, match="k must be"):
+        retrieval.retrieve_export(explorer, None, 0, 5)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app import render
+from app import exports, render
 from app.images import read_query
 from app.models import ModelEntry
 from app.tabs.base import TabContext, gradio_errors
@@ -138,6 +138,29 @@ def attention_view(entries: list[ModelEntry], image: Image.Image, keep_mass: flo
 def attention_handler(explorer, image: Any, keep_mass: float | None = DEFAULT_KEEP_MASS,
                       scale: float | None = DEFAULT_SCALE) -> list:
     """[one row image per model, the shared colour scale, entropy rows]."""
+    picture, keep, scale = _checked(image, keep_mass, scale)
+    rows, bar, entropy = attention_view(explorer.entries, picture, keep, scale)
+    return [*rows, bar, entropy]
+
+
+def attention_export(explorer, image: Any, keep_mass: float | None = DEFAULT_KEEP_MASS,
+                     scale: float | None = DEFAULT_SCALE) -> list[str]:
+    """[PNG of the colour bar and every model's row, JSON of every map behind them] as file paths."""
+    picture, keep, scale = _checked(image, keep_mass, scale)
+    maps = compute_maps(explorer.entries, picture, keep, scale)
+    vmin, vmax = shared_scale(maps)
+    folder = exports.export_folder()
+    picture_path = exports.write_png(folder, "attention", render.stack(
+        [render.colorbar(vmin, vmax), *[render_row(m, vmin, vmax) for m in maps]]))
+    numbers = {"keep_mass": keep, "scale": scale, "units": "x uniform attention (1 = every patch equal)",
+               "models": [{"model": m.model, "input_size": m.image.width, "heads": m.heads.round(5).tolist(),
+                           "mean": m.mean.round(5).tolist(), "mask": m.mask.tolist(),
+                           "head_entropy_bits": m.head_entropy.round(4).tolist(),
+                           "mean_entropy_bits": round(m.mean_entropy, 4)} for m in maps]}
+    return [picture_path, exports.write_json(folder, "attention", numbers)]
+
+
+def _checked(image: Any, keep_mass: float | None, scale: float | None) -> tuple[Image.Image, float, float]:
     picture = read_query(image)
     if picture is None:
         raise UserError("no image: upload one or click an example")
@@ -147,8 +170,7 @@ def attention_handler(explorer, image: Any, keep_mass: float | None = DEFAULT_KE
     scale = float(DEFAULT_SCALE if scale is None else scale)
     if not 0.25 <= scale <= 4.0:
         raise UserError(f"scale must be between 0.25 and 4 (times the training size), got {scale}")
-    rows, bar, entropy = attention_view(explorer.entries, picture, keep, scale)
-    return [*rows, bar, entropy]
+    return picture, keep, scale
 
 
 def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
@@ -182,6 +204,11 @@ def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
             for i, e in enumerate(models)]
     entropy = gr.Dataframe(label="Attention entropy (bits) per head", interactive=False,
                            headers=entropy_headers(most_heads(models)))
+    with gr.Row():
+        export_button = gr.Button("Export these maps (PNG + JSON)", size="sm")
+        files = gr.File(label="Downloads", file_count="multiple", interactive=False, height=80)
     io = dict(fn=attention, inputs=[ctx.query, keep_mass, scale], outputs=[*rows, bar, entropy], preprocess=False)
     gr.on([button.click, keep_mass.release, scale.input], api_name="attention", **io)
+    export_button.click(gradio_errors(lambda image, keep, size: attention_export(ctx.explorer, image, keep, size)),
+                        [ctx.query, keep_mass, scale], files, preprocess=False, api_visibility="private")
     return [io]

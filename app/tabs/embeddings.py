@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from app import exports
 from app.explorer import Progress, no_progress
 from app.tabs.base import TabContext, gradio_errors
 
@@ -70,6 +71,19 @@ def projection_handler(explorer, progress: Progress = no_progress) -> tuple[Any,
     return figure, "\n".join(table)
 
 
+def projection_export(explorer) -> list[str]:
+    """[CSV of every model's 2-D layout (model, gallery index, label, x, y), JSON of the scores]."""
+    result = explorer.projection()
+    gallery = explorer.gallery
+    rows = [[model, int(i), gallery.label_name(int(i)), round(float(x), 5), round(float(y), 5)]
+            for model, layout in zip(explorer.labels, result.layouts) for i, (x, y) in zip(result.indices, layout)]
+    scores = [{"model": m, "knn_leave_one_out": k, "silhouette": s}
+              for m, k, s in zip(explorer.labels, result.knn, result.silhouette)]
+    folder = exports.export_folder()
+    return [exports.write_csv(folder, "umap", ["model", "gallery_index", "label", "x", "y"], rows),
+            exports.write_json(folder, "umap-scores", scores)]
+
+
 def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
     @gradio_errors
     def projection(progress=gr.Progress()):
@@ -83,6 +97,11 @@ def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
     button = gr.Button("Show / refresh the projection")
     plot = gr.Plot(label="UMAP of the gallery, aligned across models", elem_id="projection")
     scores = gr.Markdown(label="Projection scores")
+    with gr.Row():
+        export_button = gr.Button("Export the layouts (CSV + JSON; the plot's camera icon saves a PNG)", size="sm")
+        files = gr.File(label="Downloads", file_count="multiple", interactive=False, height=80)
     gr.on([button.click, tab.select], fn=projection, inputs=None, outputs=[plot, scores],
           api_name="projection")
+    export_button.click(gradio_errors(lambda: projection_export(ctx.explorer)), None, files,
+                        api_visibility="private")
     return []

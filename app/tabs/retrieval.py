@@ -14,6 +14,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from app import exports, render
 from app.explorer import Neighbours, Progress, no_progress
 from app.images import read_query
 from app.tabs.base import UNKNOWN_CLASS, TabContext, gradio_errors
@@ -63,6 +64,31 @@ def retrieve_handler(explorer, image: Any, k: int | None = DEFAULT_K, query_inde
                      query_class: str | None = UNKNOWN_CLASS, progress: Progress = no_progress) -> list:
     """[summary markdown, (image, caption) list per model, Jaccard overlap rows]. query_index >= 0 queries
     with that gallery image (its label, itself left out); else the uploaded image, labelled by query_class."""
+    results, k, label_name = _neighbours(explorer, image, k, query_index, query_class, progress)
+    gallery = explorer.gallery
+    return [summary(results, k, label_name), *[thumbnails(gallery, r) for r in results], overlap_matrix(results)]
+
+
+def retrieve_export(explorer, image: Any, k: int | None = DEFAULT_K, query_index: int | None = -1,
+                    query_class: str | None = UNKNOWN_CLASS) -> list[str]:
+    """[PNG of every model's neighbours (a row each), CSV of model, rank, gallery index, label, cosine]."""
+    results, k, _ = _neighbours(explorer, image, k, query_index, query_class, no_progress)
+    gallery = explorer.gallery
+    tile = render.TILE
+    rows = []
+    for r in results:
+        tiles = [(np.asarray(picture.resize((tile, tile), Image.Resampling.BICUBIC).convert("RGB")), caption)
+                 for picture, caption in thumbnails(gallery, r)]
+        rows += [render.tile_row([(np.full((tile, tile, 3), 255, np.uint8), r.model)] + tiles)]
+    folder = exports.export_folder()
+    table = [[r.model, rank, int(i), gallery.label_name(int(i)), round(float(sim), 5)]
+             for r in results for rank, (i, sim) in enumerate(zip(r.indices, r.similarities), start=1)]
+    return [exports.write_png(folder, "neighbours", render.stack(rows)),
+            exports.write_csv(folder, "neighbours", ["model", "rank", "gallery_index", "label", "cosine"], table)]
+
+
+def _neighbours(explorer, image: Any, k: int | None, query_index: int | None, query_class: str | None,
+                progress: Progress) -> tuple[list[Neighbours], int, str | None]:
     gallery = explorer.gallery
     k = int(DEFAULT_K if k is None else k)
     if not 1 <= k <= len(gallery) - 1:
@@ -83,8 +109,7 @@ def retrieve_handler(explorer, image: Any, k: int | None = DEFAULT_K, query_inde
         if label_name is not None and label_name not in classes:
             raise UserError(f"unknown class {label_name!r}; use one of {', '.join(classes) or 'none'}")
         label = None if label_name is None else classes.index(label_name)
-    results = explorer.neighbours(picture, k, query_index=index, query_label=label, progress=progress)
-    return [summary(results, k, label_name), *[thumbnails(gallery, r) for r in results], overlap_matrix(results)]
+    return explorer.neighbours(picture, k, query_index=index, query_label=label, progress=progress), k, label_name
 
 
 def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
@@ -114,7 +139,13 @@ def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
                         elem_id=f"neighbours-{i}") for i, e in enumerate(ctx.entries)]
     overlap = gr.Dataframe(label="Overlap of the models' top-k sets (Jaccard)", interactive=False,
                            headers=["model", *explorer.labels])
+    with gr.Row():
+        export_button = gr.Button("Export these neighbours (PNG + CSV)", size="sm")
+        files = gr.File(label="Downloads", file_count="multiple", interactive=False, height=80)
     io = dict(fn=retrieve, inputs=[ctx.query, k, ctx.query_index, ctx.query_class],
               outputs=[text, *views, overlap], preprocess=False)
     gr.on([button.click, k.release, ctx.query_index.submit, ctx.query_class.input], api_name="retrieve", **io)
+    export_button.click(gradio_errors(lambda *values: retrieve_export(explorer, *values)),
+                        [ctx.query, k, ctx.query_index, ctx.query_class], files, preprocess=False,
+                        api_visibility="private")
     return [io]

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from app import exports
 from app.models import ModelEntry
 from app.tabs.base import TabContext
 from dinotwins.runlog import read_metrics
@@ -142,7 +143,20 @@ def curves_figure(entries: list[ModelEntry], thresholds: dict[str, list[tuple[st
     return fig
 
 
+def runs_export(entries: list[ModelEntry]) -> list[str]:
+    """[CSV of the comparison table, JSON of every run's logged rows]."""
+    folder = exports.export_folder()
+    curves = {e.label: read_metrics(p) if (p := metrics_path(e)) else [] for e in entries}
+    return [exports.write_csv(folder, "runs", list(TABLE_HEADERS), comparison_rows(entries)),
+            exports.write_json(folder, "curves", curves)]
+
+
 def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
+    with gr.Row():
+        export_button = gr.Button("Export the table and curves (CSV + JSON; the plot's camera icon saves a PNG)",
+                                  size="sm")
+        files = gr.File(label="Downloads", file_count="multiple", interactive=False, height=80)
+    export_button.click(lambda: runs_export(ctx.entries), None, files, api_visibility="private")
     gr.Dataframe(value=comparison_rows(ctx.entries), headers=list(TABLE_HEADERS), interactive=False,
                  label="The models side by side (figures from each model's eval.json: full test split)",
                  elem_id="runs-table", wrap=True)
