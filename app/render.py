@@ -71,15 +71,15 @@ def tile_row(tiles: list[tuple[np.ndarray, str]]) -> Image.Image:
     return row
 
 
-def colorbar(vmin: float, vmax: float, width: int = 512, height: int = 16) -> Image.Image:
-    """The shared scale as an image: the colour ramp with its ends and midpoint labelled."""
+def colorbar(vmin: float, vmax: float, width: int = 512, height: int = 16, unit: str = "x") -> Image.Image:
+    """The shared scale as an image: the colour ramp with its ends and midpoint labelled (value then `unit`)."""
     ramp = colorize(np.tile(np.linspace(vmin, vmax, width), (height, 1)), vmin, vmax)
     bar = Image.new("RGB", (width + 20, height + 22), "white")
     bar.paste(Image.fromarray(ramp), (10, 0))
     draw, face = ImageDraw.Draw(bar), font()
     for frac in (0.0, 0.5, 1.0):
         x = 10 + int(frac * (width - 1))
-        text = f"{vmin + frac * (vmax - vmin):.1f}x"
+        text = f"{vmin + frac * (vmax - vmin):.{1 if unit else 2}f}{unit}"
         draw.text((min(max(x - 10, 0), width - 20), height + 4), text, fill="black", font=face)
     return bar
 

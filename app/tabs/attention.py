@@ -25,6 +25,7 @@ from PIL import Image
 from app import exports, render
 from app.images import read_query
 from app.models import ModelEntry
+from app.tabs import rollout
 from app.tabs.base import TabContext, gradio_errors
 from dinotwins.attention_masks import mass_threshold_mask
 from dinotwins.errors import UserError
@@ -33,6 +34,7 @@ TITLE, ID = "Attention", "attention"
 DEFAULT_KEEP_MASS = 0.6  # DINO paper, Fig. 3
 SCALES = (1.0, 1.5, 2.0)  # multiples of each model's training size offered for finer maps
 DEFAULT_SCALE = 1.0
+LAST_LAYER = 0  # the `layer` value meaning each model's last block
 
 
 @dataclass
@@ -66,13 +68,16 @@ def mass_mask(weights: np.ndarray, keep_mass: float) -> np.ndarray:
 
 
 def compute_maps(entries: list[ModelEntry], image: Image.Image, keep_mass: float = DEFAULT_KEEP_MASS,
-                 scale: float = DEFAULT_SCALE) -> list[AttentionMaps]:
-    """Every model's attention on `image` (RGB PIL), each model run at `scale` times its training size."""
+                 scale: float = DEFAULT_SCALE, layer: int = LAST_LAYER) -> list[AttentionMaps]:
+    """Every model's CLS attention on `image` (RGB PIL) in block `layer` (1-based; 0 or past a model's depth: its
+    last), each model run at `scale` times its training size."""
     maps = []
     for entry in entries:
         model = entry.model
         size = model.input_size(scale)
-        attn = model.attention(model.preprocess([image], size))[0].cpu().numpy().astype(np.float64)  # (heads, h, w)
+        block = layer - 1 if 0 < layer <= model.depth else -1
+        x = model.preprocess([image], size)
+        attn = model.attention(x, layer=block)[0].cpu().numpy().astype(np.float64)  # (heads, h, w)
         probs = attn / np.maximum(attn.sum(axis=(-2, -1), keepdims=True), 1e-12)  # over patches only
         n_patches = probs.shape[-1] * probs.shape[-2]
         mean = probs.mean(axis=0)
@@ -126,38 +131,49 @@ def most_heads(entries: list[ModelEntry]) -> int:
 
 
 def attention_view(entries: list[ModelEntry], image: Image.Image, keep_mass: float = DEFAULT_KEEP_MASS,
-                   scale: float = DEFAULT_SCALE) -> tuple[list[Image.Image], Image.Image, list[list[str]]]:
+                   scale: float = DEFAULT_SCALE, layer: int = LAST_LAYER
+                   ) -> tuple[list[Image.Image], Image.Image, list[list[str]]]:
     """The whole tab for one image: (one row image per model, the colour bar, entropy rows; see
     `entropy_headers(most_heads(entries))`)."""
-    maps = compute_maps(entries, image, keep_mass, scale)
+    maps = compute_maps(entries, image, keep_mass, scale, layer)
     vmin, vmax = shared_scale(maps)
     return ([render_row(m, vmin, vmax) for m in maps], render.colorbar(vmin, vmax),
             entropy_rows(maps, most_heads(entries)))
 
 
 def attention_handler(explorer, image: Any, keep_mass: float | None = DEFAULT_KEEP_MASS,
-                      scale: float | None = DEFAULT_SCALE) -> list:
+                      scale: float | None = DEFAULT_SCALE, layer: int | None = LAST_LAYER) -> list:
     """[one row image per model, the shared colour scale, entropy rows]."""
     picture, keep, scale = _checked(image, keep_mass, scale)
-    rows, bar, entropy = attention_view(explorer.entries, picture, keep, scale)
+    rows, bar, entropy = attention_view(explorer.entries, picture, keep, scale, _layer(layer))
     return [*rows, bar, entropy]
 
 
 def attention_export(explorer, image: Any, keep_mass: float | None = DEFAULT_KEEP_MASS,
-                     scale: float | None = DEFAULT_SCALE) -> list[str]:
+                     scale: float | None = DEFAULT_SCALE, layer: int | None = LAST_LAYER) -> list[str]:
     """[PNG of the colour bar and every model's row, JSON of every map behind them] as file paths."""
     picture, keep, scale = _checked(image, keep_mass, scale)
-    maps = compute_maps(explorer.entries, picture, keep, scale)
+    maps = compute_maps(explorer.entries, picture, keep, scale, _layer(layer))
     vmin, vmax = shared_scale(maps)
     folder = exports.export_folder()
     picture_path = exports.write_png(folder, "attention", render.stack(
         [render.colorbar(vmin, vmax), *[render_row(m, vmin, vmax) for m in maps]]))
-    numbers = {"keep_mass": keep, "scale": scale, "units": "x uniform attention (1 = every patch equal)",
+    numbers = {"keep_mass": keep, "scale": scale, "layer": _layer(layer) or "last", "units": "x uniform attention (1 = every patch equal)",
                "models": [{"model": m.model, "input_size": m.image.width, "heads": m.heads.round(5).tolist(),
                            "mean": m.mean.round(5).tolist(), "mask": m.mask.tolist(),
                            "head_entropy_bits": m.head_entropy.round(4).tolist(),
                            "mean_entropy_bits": round(m.mean_entropy, 4)} for m in maps]}
     return [picture_path, exports.write_json(folder, "attention", numbers)]
+
+
+def _layer(layer: int | None) -> int:
+    """`layer` as a block number (1-based) or LAST_LAYER; UserError when negative or not whole."""
+    value = LAST_LAYER if layer in (None, "", "last") else layer
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, (int, float)) or value < 0 or int(value) != value:
+        raise UserError(f"layer must be a block number (1 = first) or 0 for each model's last, got {layer!r}")
+    return int(value)
 
 
 def _checked(image: Any, keep_mass: float | None, scale: float | None) -> tuple[Image.Image, float, float]:
@@ -177,22 +193,26 @@ def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
     models = ctx.entries
 
     @gradio_errors
-    def attention(image, keep_mass=DEFAULT_KEEP_MASS, scale=DEFAULT_SCALE):
+    def attention(image, keep_mass=DEFAULT_KEEP_MASS, scale=DEFAULT_SCALE, layer=LAST_LAYER):
         """Last-layer CLS attention of every model on one image, on one shared colour scale.
 
         Parameters:
             image: the query image (PNG, JPEG, WebP, GIF, BMP or TIFF)
             keep_mass: share of the attention mass the mask keeps, in (0, 1]
             scale: run each model at this multiple of its training size (finer maps), e.g. 1, 1.5 or 2
+            layer: the block whose CLS attention to show (1 = first), 0 for each model's last
         Returns:
             one row image per model (input, each head, mean, mask), the colour scale, entropy (bits) per head
         """
-        return attention_handler(ctx.explorer, image, keep_mass, scale)
+        return attention_handler(ctx.explorer, image, keep_mass, scale, layer)
 
     with gr.Row():
         keep_mass = gr.Slider(0.05, 1.0, value=DEFAULT_KEEP_MASS, step=0.05,
                               label="Mask keeps this share of the attention mass (DINO: 60%)")
         scale = gr.Radio(list(SCALES), value=DEFAULT_SCALE, label="Input size (x each model's training size)")
+        depth = max(e.model.depth for e in models)
+        layer = gr.Dropdown([("last", LAST_LAYER)] + [(str(k), k) for k in range(1, depth + 1)], value=LAST_LAYER,
+                            label="Block (past a model's depth: its last)")
         button = gr.Button("Show attention", variant="primary")
     gr.Markdown("Heat maps: last-layer CLS attention per head, then the mean over heads, then the mask of the "
                 "mean. One colour scale for every map of every model, in units of uniform attention (1x = every "
@@ -207,8 +227,10 @@ def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
     with gr.Row():
         export_button = gr.Button("Export these maps (PNG + JSON)", size="sm")
         files = gr.File(label="Downloads", file_count="multiple", interactive=False, height=80)
-    io = dict(fn=attention, inputs=[ctx.query, keep_mass, scale], outputs=[*rows, bar, entropy], preprocess=False)
-    gr.on([button.click, keep_mass.release, scale.input], api_name="attention", **io)
-    export_button.click(gradio_errors(lambda image, keep, size: attention_export(ctx.explorer, image, keep, size)),
-                        [ctx.query, keep_mass, scale], files, preprocess=False, api_visibility="private")
-    return [io]
+    io = dict(fn=attention, inputs=[ctx.query, keep_mass, scale, layer], outputs=[*rows, bar, entropy],
+              preprocess=False)
+    gr.on([button.click, keep_mass.release, scale.input, layer.input], api_name="attention", **io)
+    export_button.click(gradio_errors(lambda *values: attention_export(ctx.explorer, *values)),
+                        [ctx.query, keep_mass, scale, layer], files, preprocess=False, api_visibility="private")
+    rollout_io = rollout.section(ctx, scale)
+    return [io, rollout_io]
