@@ -18,7 +18,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from dinotwins.backbone import ModelConfig
-from dinotwins.checkpoint import atomic_write_bytes
+from dinotwins.files import atomic_write
 
 FORMAT = "dinotwins/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,5 +52,5 @@ def export_backbone(backbone: nn.Module, model_cfg: ModelConfig, path: Path, *, 
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
     }
-    atomic_write_bytes(path, safetensors_save(tensors, metadata={"dinotwins": json.dumps(info)}))
+    atomic_write(path, safetensors_save(tensors, metadata={"dinotwins": json.dumps(info)}))
     return path

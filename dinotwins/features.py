@@ -10,7 +10,7 @@ fingerprint of the images themselves (their pixels and labels, or their files' p
 
 Cache files are read with `np.load(allow_pickle=False)` after their checksum is checked; a file that is
 unreadable, fails its checksum, or has the wrong shape, dtype or non-finite values is rebuilt, never served.
-Writes go to a temporary file renamed into place, data before checksum, so a crash leaves no half entry.
+Writes are atomic, data before checksum (`files.write_with_checksum`), so a crash leaves no half entry.
 
 What it is not: no k-NN, probe or scoring (knn.py, probe.py, evaluate.py).
 """
@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from tqdm import tqdm
 
 from dinotwins.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from dinotwins.data import ImageDataset
+from dinotwins.files import read_verified, write_with_checksum
 from dinotwins.precision import pick_precision
 
 PREPROCESSING_VERSION = 1  # bump when eval_transform or the embedding taken changes
@@ -119,13 +118,12 @@ def dataset_fingerprint(dataset: ImageDataset) -> str:
 
 def _read_cached(path: Path, expected_shape: tuple[int, int]) -> np.ndarray | None:
     """The cached array when it exists and passes every check; else None (and a warning when it was bad)."""
-    checksum_path = path.with_name(path.name + ".sha256")
     if not path.is_file():
         return None
     try:
-        data = path.read_bytes()
-        if checksum_path.read_text().strip() != hashlib.sha256(data).hexdigest():
-            raise ValueError("checksum mismatch")
+        data = read_verified(path)
+        if data is None:
+            raise ValueError("its .sha256 record is missing or does not match")
         array = np.load(io.BytesIO(data), allow_pickle=False)
         if array.shape != expected_shape or array.dtype != np.float32:
             raise ValueError(f"holds {array.dtype} {array.shape}, expected float32 {expected_shape}")
@@ -138,21 +136,8 @@ def _read_cached(path: Path, expected_shape: tuple[int, int]) -> np.ndarray | No
 
 
 def _write_cached(path: Path, features: np.ndarray) -> None:
-    """Atomic: the .npy, then its checksum, each written to a temporary file and renamed into place."""
+    """The .npy and its checksum record, each atomic, data first (files.write_with_checksum)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.save(buffer, features, allow_pickle=False)
-    data = buffer.getvalue()
-    _atomic_write(path, data)
-    _atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_with_checksum(path, buffer.getvalue())

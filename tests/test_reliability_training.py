@@ -22,11 +22,12 @@ from safetensors import safe_open
 
 from dinotwins import heads, load_model, objectives
 from dinotwins.backbone import ModelConfig, create_backbone
-from dinotwins.checkpoint import latest_good, list_checkpoints, load_state, save_checkpoint, sha256_file, verify
+from dinotwins.checkpoint import latest_good, list_checkpoints, load_state, save_checkpoint
 from dinotwins.cli import main as train_main
 from dinotwins.collapse import CollapseMonitor
 from dinotwins.config import build_config, merge, read_yaml
 from dinotwins.errors import TrainingStopped, UserError
+from dinotwins.files import checksum_problem, sha256_file
 from dinotwins.trainer import CHECKPOINT_DIR, Trainer
 from tests.conftest import smoke_config
 
@@ -86,7 +87,7 @@ def plant(folder: Path, step: int, payload_bytes: bytes) -> Path:
     path.write_bytes(payload_bytes)
     path.with_name(path.name + ".sha256").write_text(json.dumps({"size": len(payload_bytes),
                                                                   "sha256": sha256_file(path)}))
-    assert verify(path) is None
+    assert checksum_problem(path) is None
     return path
 
 
@@ -223,7 +224,7 @@ def test_checkpoints_are_written_through_a_same_folder_temporary_fsynced_and_rep
     src, dst = replaces[0][1:]
     assert dst == path and src.parent == path.parent and src.name.startswith(".") and src != dst
     assert [c[0] for c in calls].index("fsync") < calls.index(replaces[0])  # data on disk before the rename
-    assert verify(path) is None and sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".sha256"]
+    assert checksum_problem(path) is None and sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".sha256"]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupted", "record missing"])
@@ -249,7 +250,7 @@ def test_a_damaged_newest_checkpoint_is_named_skipped_and_kept(smoke_runs, tmp_p
     trainer.run()
     assert_bitwise_equal(exported(smoke_runs["dino"] / "model.safetensors"), exported(run / "model.safetensors"))
     assert [r["step"] for r in metric_rows(run)] == [1, 2, 3, 4]
-    assert verify(newest) is None and verify(folder / "step_00000002.pt") is None
+    assert checksum_problem(newest) is None and checksum_problem(folder / "step_00000002.pt") is None
 
 
 def test_resume_with_no_good_checkpoint_is_a_clear_error_and_deletes_nothing(smoke_runs, tmp_path):
@@ -364,7 +365,7 @@ def test_stop_on_collapse_exits_3_and_keeps_the_checkpoints(monkeypatch, tmp_pat
     assert rc == 3
     assert err.startswith("stopped: collapse at step 5: ") and "embedding std" in err and "--stop-on-collapse" in err
     assert [int(p.name[5:13]) for p in list_checkpoints(out / CHECKPOINT_DIR)] == [4, 2]
-    assert all(verify(p) is None for p in list_checkpoints(out / CHECKPOINT_DIR))
+    assert all(checksum_problem(p) is None for p in list_checkpoints(out / CHECKPOINT_DIR))
     assert not (out / CHECKPOINT_DIR / "step_00000006.pt").exists()
 
 
