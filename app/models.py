@@ -21,11 +21,11 @@ from typing import Callable
 
 from dinotwins import LoadedModel, load_model
 from dinotwins.errors import UserError
+from dinotwins.models.export import EXPORT_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO_ROOT / "assets" / "models"
 DEMO_METHODS = ("dino", "barlow", "hybrid")
-EXPORT_NAME = "model.safetensors"
 
 
 @dataclass(frozen=True)

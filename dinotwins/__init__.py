@@ -3,6 +3,6 @@
 Public API: `load_model` (run dir, exported .safetensors, or official DINO weights) -> `LoadedModel`.
 """
 
-from dinotwins.model import LoadedModel, load_model
+from dinotwins.models.load import LoadedModel, load_model
 
 __all__ = ["LoadedModel", "load_model"]

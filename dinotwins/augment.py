@@ -38,9 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dinotwins.errors import UserError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -63,7 +61,7 @@ class AugmentConfig:
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global view 1, global view 2, local views (BYOL)
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels at 224 px; scaled by global_size / 224
     solarize_p: tuple[float, float] = (0.0, 0.2)  # global view 1, global view 2 (BYOL's asymmetry)
-    mean: tuple[float, float, float] = IMAGENET_MEAN  # timm ViTs are set up for ImageNet statistics
+    mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
     def validate(self) -> None:

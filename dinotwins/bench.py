@@ -26,9 +26,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dinotwins.augment import AugmentConfig, MultiCrop
-from dinotwins.backbone import ModelConfig
 from dinotwins.config import TrainConfig
 from dinotwins.errors import UserError
+from dinotwins.models.config import ModelConfig
 from dinotwins.objectives import METHODS, BarlowConfig, DinoConfig
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from dinotwins.augment import AugmentConfig
-from dinotwins.backbone import ModelConfig
 from dinotwins.errors import UserError
+from dinotwins.models.config import ModelConfig
 from dinotwins.objectives import METHODS, BarlowConfig, DinoConfig, HybridConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"

@@ -231,7 +231,7 @@ def _device(choice: str) -> str:
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every row the command prints, in order: the models, then the baselines."""
-    from dinotwins.model import load_model  # heavy imports after the cheap checks
+    from dinotwins.models.load import load_model  # heavy imports after the cheap checks
 
     check_options(args.k, args.temperature, args.label_fraction)
     if not args.attention_scale > 0:
@@ -277,7 +277,7 @@ def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: in
                  progress: bool = False, attention_scale: float = 1.0) -> list[dict[str, Any]]:
     """The rows of `LoadedModel`s, then (with `baselines`) raw pixels and one random-init ViT per distinct shape
     among the models, in the models' order."""
-    from dinotwins.model import LoadedModel
+    from dinotwins.models.load import LoadedModel
 
     options = dict(k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
     models = list(models)

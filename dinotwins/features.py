@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dinotwins.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from dinotwins.augment import eval_transform
 from dinotwins.data import ImageDataset
 from dinotwins.files import read_verified, write_with_checksum
+from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD
 from dinotwins.precision import pick_precision
 
 PREPROCESSING_VERSION = 1  # bump when eval_transform or the embedding taken changes

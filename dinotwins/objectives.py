@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinotwins.backbone import ModelConfig, create_backbone, embed
 from dinotwins.ema import Center
 from dinotwins.heads import BarlowProjector, DINOHead
+from dinotwins.models.backbone import create_backbone, embed
+from dinotwins.models.config import ModelConfig
 from dinotwins.losses import (barlow_twins_terms, dino_cross_entropy_sum, dino_pair_count, dino_teacher_probs,
                               hybrid_loss)
 

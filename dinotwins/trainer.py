@@ -26,15 +26,14 @@ from tqdm import tqdm
 
 from dinotwins import distributed, schedules
 from dinotwins.augment import MultiCrop
-from dinotwins.backbone import fused_attention_for, set_fused_attention
 from dinotwins.checkpoint import latest_good, list_checkpoints, save_checkpoint
 from dinotwins.collapse import CollapseMonitor
 from dinotwins.config import TrainConfig, to_dict
 from dinotwins.data import EpochSampler, load_dataset
 from dinotwins.ema import ema_update
 from dinotwins.errors import TrainingInterrupted, TrainingStopped, UserError
-from dinotwins.export import export_backbone
-from dinotwins.model import EXPORT_NAME
+from dinotwins.models.backbone import fused_attention_for, set_fused_attention
+from dinotwins.models.export import EXPORT_NAME, export_backbone
 from dinotwins.objectives import SelfSupervised
 from dinotwins.precision import pick_precision
 from dinotwins.runlog import RunLog

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dinotwins import load_model
-from dinotwins.ship import QUICK_CHECK, QUICK_CHECK_TOLERANCE, quick_check_row
+from dinotwins.models.ship import QUICK_CHECK, QUICK_CHECK_TOLERANCE, quick_check_row
 
 DEMO = Path(__file__).resolve().parent.parent / "assets" / "models"
 METHODS = ("dino", "barlow", "hybrid")

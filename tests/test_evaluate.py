@@ -11,7 +11,8 @@ import pytest
 from dinotwins import LoadedModel
 from dinotwins import evaluate as evaluate_module
 from dinotwins import features as features_module
-from dinotwins.backbone import ModelConfig, create_backbone
+from dinotwins.models.backbone import create_backbone
+from dinotwins.models.config import ModelConfig
 from dinotwins.data import load_dataset
 from dinotwins.embedding_health import effective_rank, embedding_std
 from dinotwins.evaluate import COLUMNS, distinct_names, evaluate_model, limit_dataset, main

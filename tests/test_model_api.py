@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from dinotwins import load_model
-from dinotwins.backbone import ModelConfig, create_backbone, last_layer_attention
+from dinotwins.models.backbone import create_backbone, last_layer_attention
+from dinotwins.models.config import ModelConfig
 from dinotwins.errors import UserError
 from dinotwins.losses import dino_loss
 from dinotwins.objectives import BarlowConfig, DinoConfig, HybridConfig, SelfSupervised

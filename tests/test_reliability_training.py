@@ -21,7 +21,8 @@ import torch
 from safetensors import safe_open
 
 from dinotwins import heads, load_model, objectives
-from dinotwins.backbone import ModelConfig, create_backbone
+from dinotwins.models.backbone import create_backbone
+from dinotwins.models.config import ModelConfig
 from dinotwins.checkpoint import latest_good, list_checkpoints, load_state, save_checkpoint
 from dinotwins.cli import main as train_main
 from dinotwins.collapse import CollapseMonitor

@@ -17,12 +17,11 @@ import torch
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from dinotwins.backbone import ModelConfig
 from dinotwins.files import atomic_write
+from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 FORMAT = "dinotwins/1"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+EXPORT_NAME = "model.safetensors"  # a run's exported weights, in its folder
 
 
 def git_commit(cwd: Path | None = None) -> str:

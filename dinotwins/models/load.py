@@ -25,11 +25,10 @@ from PIL import Image
 from safetensors.torch import load as safetensors_load
 from torch import Tensor
 
-from dinotwins.backbone import ModelConfig, create_backbone, embed, last_layer_attention, patch_size_of
 from dinotwins.errors import UserError
-from dinotwins.export import IMAGENET_MEAN, IMAGENET_STD
-
-EXPORT_NAME = "model.safetensors"
+from dinotwins.models.backbone import create_backbone, embed, last_layer_attention, patch_size_of
+from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from dinotwins.models.export import EXPORT_NAME
 
 
 class LoadedModel:

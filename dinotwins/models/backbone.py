@@ -13,31 +13,13 @@ asking for maps never slows training or changes the forward pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from dinotwins.errors import UserError
-
-
-@dataclass
-class ModelConfig:
-    """Backbone architecture.
-
-    The default is ViT-Tiny (dim 192, depth 12, 3 heads) with 4 px patches on 32 px images: 64 patch tokens,
-    the same token count as ViT/16 at 128 px, which keeps a CPU step affordable on Fashion-MNIST/CIFAR-sized data.
-    """
-
-    arch: str = "vit_tiny_patch16_224"  # any timm VisionTransformer name
-    image_size: int = 32  # size of global crops and of inference inputs
-    patch_size: int = 4
-    embed_dim: int | None = None  # None: the arch's own width
-    depth: int | None = None  # None: the arch's own depth
-    num_heads: int | None = None  # None: the arch's own head count
-    drop_path_rate: float = 0.1  # stochastic depth, DINO's default for ViT-S
+from dinotwins.models.config import ModelConfig
 
 
 def create_backbone(cfg: ModelConfig) -> VisionTransformer:
