@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dinotwins.augment import AugmentConfig, MultiCrop
+from dinotwins.data.augment import MultiCrop
+from dinotwins.data.augment_config import AugmentConfig
 from dinotwins.config import TrainConfig
 from dinotwins.errors import UserError
 from dinotwins.models.config import ModelConfig
@@ -147,7 +148,8 @@ def bench_data(args: argparse.Namespace) -> dict[str, float | str]:
     """Augmented multi-crop images per second, Fashion-MNIST in memory and a folder of JPEGs from disk."""
     from PIL import Image
 
-    from dinotwins.data import EpochSampler, load_dataset
+    from dinotwins.data import load_dataset
+    from dinotwins.data.sampler import EpochSampler
 
     crop = MultiCrop(AugmentConfig(global_size=args.img_size, local_size=args.local_size, n_local=args.local_crops))
     results: dict[str, float | str] = {"batch_size": args.batch_size, "threads": torch.get_num_threads()}

@@ -15,6 +15,7 @@ from typing import Any
 
 from dinotwins.config import (available_presets, build_config, dotted_to_nested, load_preset, merge, read_yaml,
                               to_dict)
+from dinotwins.data import SPEC_SYNTAX
 from dinotwins.errors import TrainingInterrupted, TrainingStopped, UserError
 from dinotwins.objectives import METHODS
 
@@ -29,7 +30,7 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="train.py", description="Train DINO, Barlow Twins or the DinoTwins hybrid.")
     p.add_argument("--method", choices=METHODS, help="objective: dino | barlow | hybrid")
-    p.add_argument("--data", help="folder:PATH | cifar10:PATH | fashion-mnist[:PATH] | synthetic[:N] | scenes[:N]")
+    p.add_argument("--data", help=SPEC_SYNTAX)
     p.add_argument("--out", required=True, type=Path, help="run directory (must be new unless --resume)")
     p.add_argument("--preset", help=f"named settings: {', '.join(available_presets())}")
     p.add_argument("--config", type=Path, help="YAML file of settings (keys as in a run's config.yaml)")

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from dinotwins.augment import AugmentConfig
+from dinotwins.data.augment_config import AugmentConfig
 from dinotwins.errors import UserError
 from dinotwins.models.config import ModelConfig
 from dinotwins.objectives import METHODS, BarlowConfig, DinoConfig, HybridConfig

@@ -35,8 +35,9 @@ import numpy as np
 import torch
 
 from dinotwins.attention_masks import KEEP_MASS, attention_jaccard
-from dinotwins.augment import eval_transform
-from dinotwins.data import ImageDataset, load_dataset
+from dinotwins.data import SPEC_SYNTAX, load_dataset
+from dinotwins.data.augment import eval_transform
+from dinotwins.data.dataset import ImageDataset
 from dinotwins.embedding_health import effective_rank, embedding_std
 from dinotwins.errors import UserError
 from dinotwins.features import BATCH_SIZE, DEFAULT_CACHE_DIR, extract_features, normalization_of, raw_pixel_features
@@ -196,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="k-NN, linear probe, attention masks and embedding health of frozen ViTs.")
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="run directory, exported .safetensors, or official DINO .pth (as load_model takes)")
-    p.add_argument("--data", required=True, help="folder:PATH | cifar10:PATH | fashion-mnist[:PATH] | synthetic[:N] | scenes[:N]")
+    p.add_argument("--data", required=True, help=SPEC_SYNTAX)
     p.add_argument("--label-fraction", type=float, default=LABEL_FRACTION,
                    help="share of train labels the linear probe sees, class-balanced (default 0.1, the DinoTwins "
                         "paper's protocol)")

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dinotwins.augment import eval_transform
-from dinotwins.data import ImageDataset
+from dinotwins.data.augment import eval_transform
+from dinotwins.data.dataset import ImageDataset
 from dinotwins.files import read_verified, write_with_checksum
 from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD
 from dinotwins.precision import pick_precision

@@ -25,11 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dinotwins import distributed, schedules
-from dinotwins.augment import MultiCrop
 from dinotwins.checkpoint import latest_good, list_checkpoints, save_checkpoint
 from dinotwins.collapse import CollapseMonitor
 from dinotwins.config import TrainConfig, to_dict
-from dinotwins.data import EpochSampler, load_dataset
+from dinotwins.data import load_dataset
+from dinotwins.data.augment import MultiCrop
+from dinotwins.data.sampler import EpochSampler
 from dinotwins.ema import ema_update
 from dinotwins.errors import TrainingInterrupted, TrainingStopped, UserError
 from dinotwins.models.backbone import fused_attention_for, set_fused_attention
