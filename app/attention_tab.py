@@ -69,7 +69,7 @@ def mass_mask(weights: np.ndarray, keep_mass: float) -> np.ndarray:
     """(h, w) map -> bool mask of the smallest set of patches holding >= keep_mass of its total mass
     (the evaluation's `mass_threshold_mask` where the library has it)."""
     try:
-        from dinotwins.attention_masks import mass_threshold_mask
+        from dinotwins.evaluation.attention_masks import mass_threshold_mask
     except ImportError:
         return _smallest_set_mask(weights, keep_mass)
     return np.asarray(mass_threshold_mask(torch.from_numpy(weights[None, None]), keep_mass))[0, 0].astype(bool)

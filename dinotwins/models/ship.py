@@ -2,7 +2,7 @@
 
 DEST receives the exported weights (`model.safetensors`, fp16 in the demo preset), the run's `metrics.jsonl` and
 `config.yaml`, and `eval.json`:
-- `full`: the evaluation row of the model on the data's full train/test splits (evaluate.py's columns), plus the
+- `full`: the evaluation row of the model on the data's full train/test splits (evaluation/rows.py's columns), plus the
   two baselines on the same splits;
 - `quick_check`: the same row on a fixed, seeded subset (`QUICK_CHECK`), which tests/test_demo_models.py
   recomputes to prove the shipped weights still give the recorded numbers;
@@ -41,7 +41,7 @@ def train_seconds(metrics: list[dict[str, Any]], images_per_step: int) -> float:
 def quick_check_row(model, data: str, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """The evaluation row on the fixed subset `QUICK_CHECK` of `data` (no baselines)."""
     from dinotwins.data import load_dataset
-    from dinotwins.evaluate import evaluate_model, limit_dataset
+    from dinotwins.evaluation.rows import evaluate_model, limit_dataset
 
     q = QUICK_CHECK
     train = limit_dataset(load_dataset(data, "train", image_size=model.image_size), q["limit_train"], q["seed"])
@@ -54,7 +54,7 @@ def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str) -
     import yaml
 
     from dinotwins.data import load_dataset
-    from dinotwins.evaluate import evaluate_all
+    from dinotwins.evaluation.rows import evaluate_all
     from dinotwins.models.load import load_model
     from dinotwins.runlog import read_metrics
 

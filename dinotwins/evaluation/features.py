@@ -12,7 +12,7 @@ Cache files are read with `np.load(allow_pickle=False)` after their checksum is 
 unreadable, fails its checksum, or has the wrong shape, dtype or non-finite values is rebuilt, never served.
 Writes are atomic, data before checksum (`files.write_with_checksum`), so a crash leaves no half entry.
 
-What it is not: no k-NN, probe or scoring (knn.py, probe.py, evaluate.py).
+What it is not: no k-NN, probe or scoring (knn.py, probe.py, rows.py).
 """
 
 from __future__ import annotations
