@@ -99,7 +99,7 @@ def smoke_model(method: str, root: Path, progress: Callable[[str], None] = print
     if (out / EXPORT_NAME).is_file():
         return out
     from dinotwins.config import build_config, load_preset, merge  # training code only when needed
-    from dinotwins.trainer import train
+    from dinotwins.training.trainer import train
 
     progress(f"training a stand-in {method} model with the smoke preset into {out} ...")
     root.mkdir(parents=True, exist_ok=True)

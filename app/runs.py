@@ -18,7 +18,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from app.models import ModelEntry
-from dinotwins.runlog import read_metrics
+from dinotwins.training.runlog import read_metrics
 
 CURVES = (  # (panel title, [(metrics key, line dash)])
     ("loss", [("loss", "solid"), ("loss_dino", "dash"), ("loss_barlow", "dot")]),

@@ -135,7 +135,7 @@ def bench_step(args: argparse.Namespace) -> dict[str, float | str]:
 
 
 def _bench_trainer(cfg: TrainConfig, out: Path, compile: bool):
-    from dinotwins.trainer import Trainer
+    from dinotwins.training.trainer import Trainer
 
     cfg = dataclasses.replace(cfg, compile=compile)
     trainer = Trainer(cfg, out, progress=False)

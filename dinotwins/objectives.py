@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinotwins.ema import Center
+from dinotwins.training.ema import Center
 from dinotwins.heads import BarlowProjector, DINOHead
 from dinotwins.models.backbone import create_backbone, embed
 from dinotwins.models.config import ModelConfig

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from dinotwins.config import build_config, load_preset, merge
-from dinotwins.trainer import train
+from dinotwins.training.trainer import train
 
 METHODS = ("dino", "barlow", "hybrid")
 

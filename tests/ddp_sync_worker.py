@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dinotwins.trainer import Trainer  # noqa: E402
+from dinotwins.training.trainer import Trainer  # noqa: E402
 from tests.conftest import smoke_config  # noqa: E402
 
 

@@ -3,7 +3,7 @@ and the same update direction as the plain fp32 path with timm's fused attention
 
 import pytest
 
-from dinotwins.trainer import Trainer
+from dinotwins.training.trainer import Trainer
 from tests.conftest import smoke_config
 
 METHODS = ("dino", "barlow", "hybrid")

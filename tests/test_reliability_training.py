@@ -23,13 +23,13 @@ from safetensors import safe_open
 from dinotwins import heads, load_model, objectives
 from dinotwins.models.backbone import create_backbone
 from dinotwins.models.config import ModelConfig
-from dinotwins.checkpoint import latest_good, list_checkpoints, load_state, save_checkpoint
-from dinotwins.cli import main as train_main
-from dinotwins.collapse import CollapseMonitor
+from dinotwins.training.checkpoint import latest_good, list_checkpoints, load_state, save_checkpoint
+from dinotwins.training.cli import main as train_main
+from dinotwins.training.collapse import CollapseMonitor
 from dinotwins.config import build_config, merge, read_yaml
 from dinotwins.errors import TrainingStopped, UserError
 from dinotwins.files import checksum_problem, sha256_file
-from dinotwins.trainer import CHECKPOINT_DIR, Trainer
+from dinotwins.training.trainer import CHECKPOINT_DIR, Trainer
 from tests.conftest import smoke_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from dinotwins.ema import Center, ema_update
-from dinotwins.schedules import cosine, linear_warmup, scaled_lr
-from dinotwins.trainer import Trainer
+from dinotwins.training.ema import Center, ema_update
+from dinotwins.training.schedules import cosine, linear_warmup, scaled_lr
+from dinotwins.training.trainer import Trainer
 from tests.conftest import smoke_config
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dinotwins.objectives import SelfSupervised
-from dinotwins.trainer import param_groups
+from dinotwins.training.trainer import param_groups
 from tests.conftest import METHODS, smoke_config
 
 SNAPSHOT = json.loads((Path(__file__).parent / "snapshots" / "state_dict_keys.json").read_text())

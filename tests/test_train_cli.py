@@ -115,7 +115,7 @@ def test_torchrun_ranks_hold_the_same_weights_after_one_backward_per_crop_resolu
 
 
 def test_set_reads_exponent_numbers_that_yaml_leaves_as_strings():
-    from dinotwins.cli import build_parser, resolve_config
+    from dinotwins.training.cli import build_parser, resolve_config
     from dinotwins.config import build_config
 
     args = build_parser().parse_args(["--method", "dino", "--data", "synthetic", "--out", "x",

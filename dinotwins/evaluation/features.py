@@ -32,7 +32,7 @@ from dinotwins.data.augment import eval_transform
 from dinotwins.data.dataset import ImageDataset
 from dinotwins.files import read_verified, write_with_checksum
 from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD
-from dinotwins.precision import pick_precision
+from dinotwins.training.precision import pick_precision
 
 PREPROCESSING_VERSION = 1  # bump when eval_transform or the embedding taken changes
 DEFAULT_CACHE_DIR = Path("~/.cache/dinotwins/features")

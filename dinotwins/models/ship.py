@@ -56,7 +56,7 @@ def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str) -
     from dinotwins.data import load_dataset
     from dinotwins.evaluation.rows import evaluate_all
     from dinotwins.models.load import load_model
-    from dinotwins.runlog import read_metrics
+    from dinotwins.training.runlog import read_metrics
 
     missing = [name for name in FILES if not (run_dir / name).is_file()]
     if missing:

@@ -24,21 +24,21 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dinotwins import distributed, schedules
-from dinotwins.checkpoint import latest_good, list_checkpoints, save_checkpoint
-from dinotwins.collapse import CollapseMonitor
+from dinotwins.training import distributed, schedules
+from dinotwins.training.checkpoint import latest_good, list_checkpoints, save_checkpoint
+from dinotwins.training.collapse import CollapseMonitor
 from dinotwins.config import TrainConfig, to_dict
 from dinotwins.data import load_dataset
 from dinotwins.data.augment import MultiCrop
 from dinotwins.data.sampler import EpochSampler
-from dinotwins.ema import ema_update
+from dinotwins.training.ema import ema_update
 from dinotwins.errors import TrainingInterrupted, TrainingStopped, UserError
 from dinotwins.models.backbone import fused_attention_for, set_fused_attention
 from dinotwins.models.export import EXPORT_NAME, export_backbone
 from dinotwins.objectives import SelfSupervised
-from dinotwins.precision import pick_precision
-from dinotwins.runlog import RunLog
-from dinotwins.stop_signal import StopSignals
+from dinotwins.training.precision import pick_precision
+from dinotwins.training.runlog import RunLog
+from dinotwins.training.stop_signal import StopSignals
 
 CHECKPOINT_DIR = "checkpoints"
 EXPORTS_DIR = "exports"  # the weights kept every `export_every` steps

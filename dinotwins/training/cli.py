@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         cfg = build_config(resolve_config(args))
-        from dinotwins.trainer import train  # heavy imports after the cheap checks
+        from dinotwins.training.trainer import train  # heavy imports after the cheap checks
 
         out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     except UserError as exc:
