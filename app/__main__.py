@@ -11,13 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from dinotwins.cli import OneLineParser
 from dinotwins.data import SPEC_SYNTAX
 from dinotwins.errors import UserError
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see python -m app --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,16 +35,15 @@ class Source:
 
 
 SOURCES = {
-    "folder": Source("folder:PATH", "images under PATH; subfolders are classes; train/ and test/ (or val/) are "
-                     "the splits", "dinotwins.data.folder"),
-    "cifar10": Source("cifar10:PATH", "CIFAR-10's python batches (data_batch_1..5, test_batch) in PATH",
-                      "dinotwins.data.cifar10"),
-    "fashion-mnist": Source("fashion-mnist[:PATH]", "Fashion-MNIST's IDX files in PATH, Debian's "
-                            "dataset-fashion-mnist, or a torchvision download", "dinotwins.data.fashion_mnist"),
-    "synthetic": Source("synthetic[:N]", "N procedural shapes on clutter with exact object masks (default 4096)",
+    "folder": Source("folder:PATH", "images under PATH; class subfolders label them, train/ and test/ split them",
+                     "dinotwins.data.folder"),
+    "cifar10": Source("cifar10:PATH", "CIFAR-10's python batches in PATH", "dinotwins.data.cifar10"),
+    "fashion-mnist": Source("fashion-mnist[:PATH]", "Fashion-MNIST's IDX files in PATH, else Debian's, else a "
+                            "download", "dinotwins.data.fashion_mnist"),
+    "synthetic": Source("synthetic[:N]", "N shapes on clutter, exact object masks (default 4096)",
                         "dinotwins.data.synthetic"),
-    "scenes": Source("scenes[:N]", "N photographed objects pasted on photographs, exact masks (default 12000; "
-                     "Debian packages)", "dinotwins.data.scenes"),
+    "scenes": Source("scenes[:N]", "N objects pasted on photographs, exact masks (default 12000)",
+                     "dinotwins.data.scenes"),
 }
 SPEC_SYNTAX = " | ".join(source.syntax for source in SOURCES.values())
 

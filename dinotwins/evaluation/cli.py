@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from dinotwins.data import SPEC_SYNTAX, load_dataset
+from dinotwins.cli import OneLineParser
+from dinotwins.data import SPEC_SYNTAX, load_dataset, sources_help
 from dinotwins.errors import UserError
 from dinotwins.evaluation.features import DEFAULT_CACHE_DIR
 from dinotwins.evaluation.knn import KNN_K, KNN_TEMPERATURE
@@ -21,16 +22,11 @@ from dinotwins.evaluation.rows import (LABEL_FRACTION, check_options, evaluate_a
                                        format_table, limit_dataset)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line (`error: ...`, exit 2) instead of usage + error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see python -m dinotwins.evaluate --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="python -m dinotwins.evaluate",
-                       description="k-NN, linear probe, attention masks and embedding health of frozen ViTs.")
+    p = OneLineParser(prog="python -m dinotwins.evaluate",
+                      description="k-NN, linear probe, attention masks and embedding health of frozen ViTs.",
+                      epilog=f"data sources (--data SPEC):\n{sources_help()}",
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="run directory, exported .safetensors, or official DINO .pth (as load_model takes)")
     p.add_argument("--data", required=True, help=SPEC_SYNTAX)

@@ -13,22 +13,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from dinotwins.cli import OneLineParser
 from dinotwins.config import (available_presets, build_config, dotted_to_nested, load_preset, merge, read_yaml,
                               to_dict)
-from dinotwins.data import SPEC_SYNTAX
+from dinotwins.data import SPEC_SYNTAX, sources_help
 from dinotwins.errors import TrainingInterrupted, TrainingStopped, UserError
 from dinotwins.objectives import METHODS
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line (`error: ...`, exit 2) instead of usage + error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see train.py --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="train.py", description="Train DINO, Barlow Twins or the DinoTwins hybrid.")
+    p = OneLineParser(prog="train.py", description="Train DINO, Barlow Twins or the DinoTwins hybrid.",
+                      epilog=f"data sources (--data SPEC):\n{sources_help()}",
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", choices=METHODS, help="objective: dino | barlow | hybrid")
     p.add_argument("--data", help=SPEC_SYNTAX)
     p.add_argument("--out", required=True, type=Path, help="run directory (must be new unless --resume)")
