@@ -30,7 +30,9 @@ from dinotwins.data.augment_config import AugmentConfig
 from dinotwins.config import TrainConfig
 from dinotwins.errors import UserError
 from dinotwins.models.config import ModelConfig
-from dinotwins.objectives import METHODS, BarlowConfig, DinoConfig
+from dinotwins.objectives import METHODS
+from dinotwins.objectives.barlow import BarlowConfig
+from dinotwins.objectives.dino import DinoConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,12 +137,12 @@ def bench_step(args: argparse.Namespace) -> dict[str, float | str]:
 
 
 def _bench_trainer(cfg: TrainConfig, out: Path, compile: bool):
+    from dinotwins.training.schedules import RunLength
     from dinotwins.training.trainer import Trainer
 
     cfg = dataclasses.replace(cfg, compile=compile)
     trainer = Trainer(cfg, out, progress=False)
-    trainer.steps_per_epoch = 10**9  # keep the first-epoch last-layer freeze out of the timing
-    trainer.total_steps = 10**9
+    trainer.length = RunLength(10**9, 10**9)  # keep the first-epoch phases (DINO's last-layer freeze) out of the timing
     return trainer
 
 

@@ -20,7 +20,7 @@ def trained_weights(out: Path, per_resolution: bool, steps: int) -> torch.Tensor
     trainer = Trainer(cfg, out, progress=False)
     for step in range(steps):
         trainer.train_step(trainer.batch(step), step)
-    return torch.cat([p.detach().flatten() for p in trainer.ssl.student.parameters()])
+    return torch.cat([p.detach().flatten() for p in trainer.objective.student.parameters()])
 
 
 def main() -> None:

@@ -20,9 +20,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from dinotwins import heads, load_model, objectives
+from dinotwins import load_model
 from dinotwins.models.backbone import create_backbone
 from dinotwins.models.config import ModelConfig
+from dinotwins.objectives import base, dino
+from dinotwins.objectives.barlow import barlow_collapse_signs
+from dinotwins.objectives.dino import dino_collapse_signs
 from dinotwins.training.checkpoint import latest_good, list_checkpoints, load_state, save_checkpoint
 from dinotwins.training.cli import main as train_main
 from dinotwins.training.collapse import CollapseMonitor
@@ -292,11 +295,11 @@ def test_a_non_finite_gradient_stops_before_the_update(tmp_path):
     trainer.train_step(trainer.batch(0), 0)
     # Student, teacher and optimizer (the DINO center is an EMA of the forward pass, not part of the update;
     # nothing in memory is saved after a stop anyway).
-    weights = lambda: {k: v.clone() for k, v in trainer.ssl.state_dict().items() if not k.startswith("center.")}
+    weights = lambda: {k: v.clone() for k, v in trainer.objective.state_dict().items() if not k.startswith("center.")}
     before_modules = weights()
     before_optim = {k: v.clone() for k, v in flat(trainer.optimizer.state_dict()).items()
                     if isinstance(v, torch.Tensor)}
-    trainer.ssl.student.backbone.patch_embed.proj.weight.register_hook(lambda g: g * float("inf"))
+    trainer.objective.student.backbone.patch_embed.proj.weight.register_hook(lambda g: g * float("inf"))
     with pytest.raises(TrainingStopped, match=r"gradient norm is (nan|inf) at step 1; stopped before the update"):
         trainer.train_step(trainer.batch(1), 1)
     assert_bitwise_equal(before_modules, weights())
@@ -318,7 +321,8 @@ HEALTHY = {"step": 100, "loss": 4.0, "loss_dino": 4.0, "teacher_entropy": 3.0, "
     ({"barlow_diag_rms_error": 1.0}, "Barlow cross-correlation diagonal"),
 ])
 def test_each_collapse_signal_fires_alone_and_only_after_patience(change, needle):
-    monitor = CollapseMonitor(out_dim=256, embed_dim=64, warmup_steps=10, patience=3)
+    monitor = CollapseMonitor(64, lambda row: dino_collapse_signs(row, 256) | barlow_collapse_signs(row),
+                              warmup_steps=10, patience=3)
     assert monitor.reasons(HEALTHY) == set()
     bad = {**HEALTHY, **change}
     assert [r for r in monitor.reasons(bad)] and all(needle in r for r in monitor.reasons(bad))
@@ -331,11 +335,11 @@ def test_each_collapse_signal_fires_alone_and_only_after_patience(change, needle
 def force_collapse(monkeypatch, uniform_prototypes: bool) -> None:
     """Constant embeddings (every image maps to the same point, gradients still flow) and optionally all-zero
     DINO logits (uniform teacher and student)."""
-    real_embed = objectives.embed
-    monkeypatch.setattr(objectives, "embed", lambda backbone, x: real_embed(backbone, x) * 0.0 + 1.0)
+    real_embed = base.embed
+    monkeypatch.setattr(base, "embed", lambda backbone, x: real_embed(backbone, x) * 0.0 + 1.0)
     if uniform_prototypes:
-        real_forward = heads.DINOHead.forward
-        monkeypatch.setattr(heads.DINOHead, "forward", lambda self, x: real_forward(self, x) * 0.0)
+        real_forward = dino.DINOHead.forward
+        monkeypatch.setattr(dino.DINOHead, "forward", lambda self, x: real_forward(self, x) * 0.0)
 
 
 @pytest.mark.parametrize("method,uniform,expected", [
@@ -433,7 +437,7 @@ def test_resume_refuses_a_checkpoint_with_nan_weights_and_falls_back(smoke_runs,
     with pytest.warns(UserWarning, match=rf"step_00000004\.pt: .*NaN or inf.*{key}"):
         trainer = Trainer(run_config(run), run, resume=True, progress=False)
     assert trainer.step == 2
-    assert all(torch.isfinite(v).all() for v in trainer.ssl.state_dict().values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in trainer.objective.state_dict().values() if v.is_floating_point())
 
 
 def test_load_model_refuses_nan_and_wrong_shapes_in_pth_files(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dinotwins.objectives import SelfSupervised
+from dinotwins.objectives import build_objective
 from dinotwins.training.trainer import param_groups
 from tests.conftest import METHODS, smoke_config
 
@@ -15,8 +15,7 @@ SNAPSHOT = json.loads((Path(__file__).parent / "snapshots" / "state_dict_keys.js
 
 
 def build(method: str):
-    cfg = smoke_config(method)
-    return SelfSupervised(method, cfg.model, cfg.dino, cfg.barlow, cfg.hybrid)
+    return build_objective(smoke_config(method))
 
 
 @pytest.mark.parametrize("method", METHODS)
