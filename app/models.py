@@ -22,10 +22,10 @@ from typing import Callable
 from dinotwins import LoadedModel, load_model
 from dinotwins.errors import UserError
 from dinotwins.models.export import EXPORT_NAME
+from dinotwins.objectives import METHODS as DEMO_METHODS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO_ROOT / "assets" / "models"
-DEMO_METHODS = ("dino", "barlow", "hybrid")
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import pytest
 
 from dinotwins import load_model
 from dinotwins.models.ship import QUICK_CHECK, QUICK_CHECK_TOLERANCE, quick_check_row
+from dinotwins.objectives import METHODS
 
 DEMO = Path(__file__).resolve().parent.parent / "assets" / "models"
-METHODS = ("dino", "barlow", "hybrid")
 FIGURES = ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "attn_jaccard_mean_heads",
            "attn_jaccard_best_head", "embedding_std")
 

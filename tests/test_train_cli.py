@@ -11,6 +11,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
+from dinotwins.objectives import METHODS
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +126,7 @@ def test_set_reads_exponent_numbers_that_yaml_leaves_as_strings():
 
 
 @pytest.mark.parametrize("preset", ["default", "demo", "cpu", "smoke"])
-@pytest.mark.parametrize("method", ["dino", "barlow", "hybrid"])
+@pytest.mark.parametrize("method", METHODS)
 def test_every_shipped_preset_resolves_to_a_valid_config(preset, method):
     from dinotwins.config import available_presets, build_config, load_preset, merge
 
