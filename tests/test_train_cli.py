@@ -133,3 +133,36 @@ def test_every_shipped_preset_resolves_to_a_valid_config(preset, method):
     assert preset in available_presets()
     cfg = build_config(merge(load_preset(preset), {"method": method}))
     assert cfg.augment.global_size == cfg.model.image_size and cfg.method == method
+
+
+# ------------------------------------------------------------------------------------------------- no torch to say no
+TRAIN_PY_UNDER_WATCH = """import runpy, sys
+sys.argv = ["train.py", *sys.argv[1:]]
+try:
+    runpy.run_path("train.py", run_name="__main__")
+except SystemExit as stop:
+    print("exit", stop.code)
+print("heavy:", *sorted(m for m in ("torch", "timm") if m in sys.modules))
+"""
+
+
+def test_the_config_and_the_registries_import_no_torch():
+    code = ("import sys, dinotwins, dinotwins.config, dinotwins.cli, dinotwins.data, dinotwins.objectives, "
+            "dinotwins.training.cli; print(*sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("args,code", [
+    (["--help"], 0),
+    (["--method", "mae", "--data", "synthetic", "--out", "x"], 2),
+    (["--method", "dino", "--data", "synthetic", "--out", "x", "--bogus"], 2),
+    (["--method", "dino", "--data", "synthetic", "--out", "x", "--batch-size", "1"], 2),
+    (["--method", "dino", "--data", "synthetic", "--out", "x", "--preset", "huge"], 2),
+])
+def test_help_and_a_bad_flag_import_no_torch(tmp_path, args, code):
+    r = subprocess.run([sys.executable, "-c", TRAIN_PY_UNDER_WATCH, *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.stdout.strip().splitlines()[-2:] == [f"exit {code}", "heavy:"], r.stdout + r.stderr
+    if code:
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr

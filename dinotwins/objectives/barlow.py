@@ -75,7 +75,7 @@ class BarlowTwins(Objective):
 
     @classmethod
     def from_config(cls, cfg) -> BarlowTwins:
-        return cls(cfg.model, cfg.barlow)
+        return cls(cfg.model, cfg.objectives["barlow"])
 
     def loss_parts(self, out: dict[str, Tensor], n_views: int, first_view: int, is_global: bool, targets: None,
                    distributed: bool) -> tuple[dict[str, Tensor], dict[str, float]]:

@@ -145,7 +145,7 @@ class DINO(Objective):
 
     @classmethod
     def from_config(cls, cfg) -> DINO:
-        return cls(cfg.model, cfg.dino)
+        return cls(cfg.model, cfg.objectives["dino"])
 
     # ------------------------------------------------------------------------------------------- per step
     def step_values(self, step: int, length: RunLength) -> dict[str, float]:

@@ -46,7 +46,8 @@ class DinoTwins(DINO):
 
     @classmethod
     def from_config(cls, cfg) -> DinoTwins:
-        return cls(cfg.model, cfg.dino, cfg.barlow, cfg.hybrid)
+        sections = cfg.objectives
+        return cls(cfg.model, sections["dino"], sections["barlow"], sections["hybrid"])
 
     def collapse_signs(self, row: Mapping[str, float]) -> set[str]:
         return super().collapse_signs(row) | barlow_collapse_signs(row)

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dinotwins.cli import OneLineParser
-from dinotwins.config import (available_presets, build_config, dotted_to_nested, load_preset, merge, read_yaml,
-                              to_dict)
+from dinotwins.config import available_presets, build_config, dotted_to_nested, load_preset, merge, read_yaml
 from dinotwins.data import SPEC_SYNTAX, sources_help
 from dinotwins.errors import TrainingInterrupted, TrainingStopped, UserError
 from dinotwins.objectives import METHODS
@@ -25,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="train.py", description="Train DINO, Barlow Twins or the DinoTwins hybrid.",
                       epilog=f"data sources (--data SPEC):\n{sources_help()}",
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=METHODS, help="objective: dino | barlow | hybrid")
+    p.add_argument("--method", choices=METHODS, help=f"objective: {' | '.join(METHODS)}")
     p.add_argument("--data", help=SPEC_SYNTAX)
     p.add_argument("--out", required=True, type=Path, help="run directory (must be new unless --resume)")
     p.add_argument("--preset", help=f"named settings: {', '.join(available_presets())}")
@@ -66,7 +65,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     data = merge(data, {k: v for k, v in flags.items() if v is not None})
     data = merge(data, dotted_to_nested(args.set))
     if "method" not in data:
-        raise UserError("--method is required: dino, barlow or hybrid")
+        raise UserError(f"--method is required: one of {', '.join(METHODS)}")
     if "data" not in data:
         raise UserError("--data is required, e.g. --data fashion-mnist or --data folder:PATH")
     return data
@@ -75,9 +74,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     try:
-        args = build_parser().parse_args(argv)
-        cfg = build_config(resolve_config(args))
-        from dinotwins.training.trainer import train  # heavy imports after the cheap checks
+        args = build_parser().parse_args(argv)  # a bad flag is reported before torch is imported
+        cfg = build_config(resolve_config(args))  # so is a bad common setting; then the objectives' modules load
+        from dinotwins.training.trainer import train  # the other heavy imports (timm, data) after every check
 
         out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     except UserError as exc:
@@ -97,4 +96,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["main", "build_parser", "resolve_config", "to_dict"]
+__all__ = ["main", "build_parser", "resolve_config"]
