@@ -52,15 +52,13 @@ demo-models: setup
 bench: setup
 	$(BIN)/python -m dinotwins.bench
 
-# The README's Performance table: every lever on the issue's CPU config, then the data pipeline.
-BENCH_CFG := --img-size 32 --patch-size 4 --depth 12 --dim 192 --heads 3 --local-crops 6 --local-size 16 \
-	--batch-size 64 --out-dim 4096 --json
+# The README's Performance table: every lever on the bench preset (the issue's CPU config), then the data pipeline.
 bench-levers: setup
-	for flags in "--method dino --precision fp32 --attention fused" "--method dino --precision fp32 --attention explicit" \
-	  "--method dino --precision bf16 --attention fused" "--method dino --joint-backward" "--method dino" \
-	  "--method dino --compile" \
-	  "--method barlow" "--method hybrid"; do \
-	  $(BIN)/python -m dinotwins.bench $(BENCH_CFG) $$flags | tail -1; done
+	for flags in "--method dino --set precision=fp32 --set attention=fused" \
+	  "--method dino --set precision=fp32 --set attention=explicit" \
+	  "--method dino --set precision=bf16 --set attention=fused" "--method dino --set backward_per_resolution=false" \
+	  "--method dino" "--method dino --set compile=true" "--method barlow" "--method hybrid"; do \
+	  $(BIN)/python -m dinotwins.bench --json $$flags | tail -1; done
 	$(BIN)/python -m dinotwins.bench --data-pipeline --json | tail -1
 
 # Max RSS of 4-step demo-preset runs on Fashion-MNIST (the issue's memory target), each backward mode.
