@@ -1,5 +1,5 @@
 # DinoTwins Explorer. `make setup` is idempotent: it builds .venv once and re-installs only when
-# requirements.txt changes.
+# requirements.txt or pyproject.toml changes. The package itself is installed editable (the dinotwins-* commands).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP) data
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 # Debian's packages: Fashion-MNIST, the scenes data's objects (tuxpaint stamps) and background photographs, and
