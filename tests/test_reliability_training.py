@@ -228,7 +228,8 @@ def test_checkpoints_are_written_through_a_same_folder_temporary_fsynced_and_rep
     src, dst = replaces[0][1:]
     assert dst == path and src.parent == path.parent and src.name.startswith(".") and src != dst
     assert [c[0] for c in calls].index("fsync") < calls.index(replaces[0])  # data on disk before the rename
-    assert checksum_problem(path) is None and sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".sha256"]
+    assert checksum_problem(path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".sha256"]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupted", "record missing"])
