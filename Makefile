@@ -38,13 +38,15 @@ test-fast: setup
 demo: setup
 	$(BIN)/python -m app
 
-# Train the three demo models with the demo preset and package them under assets/models/ (weights, metrics,
-# eval.json). About 10 minutes on one H100 for all three; many hours on a 2-core CPU (see README, Results).
+# Train the demo models, one per registered method, with the demo preset and package them under assets/models/
+# (weights, metrics, eval.json). About 10 minutes on one H100 for all three; many hours on a 2-core CPU (see README,
+# Results).
 # DEMO_PRESET=cpu is the shorter CPU recipe (dinotwins/presets/cpu.yaml) that trained the shipped DINO and hybrid.
 DEMO_PRESET ?= demo
 DEMO_EXTRA ?=
+METHODS = $(shell $(BIN)/python -c "from dinotwins.objectives import METHODS; print(*METHODS)")
 demo-models: setup
-	for m in dino barlow hybrid; do \
+	for m in $(METHODS); do \
 	  $(BIN)/python train.py --method $$m --preset $(DEMO_PRESET) --data fashion-mnist --out runs/demo/$$m $(DEMO_EXTRA) && \
 	  $(BIN)/python -m dinotwins.ship runs/demo/$$m assets/models/$$m \
 	    --command "python train.py --method $$m --preset $(DEMO_PRESET) --data fashion-mnist --out runs/demo/$$m $(DEMO_EXTRA)" \

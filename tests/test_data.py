@@ -409,4 +409,5 @@ def test_every_registered_source_is_a_module_with_a_load_function_and_a_spec_syn
     for kind, source in SOURCES.items():
         assert source.syntax.startswith(kind) and source.help
         assert callable(importlib.import_module(source.module).load), kind
-    assert SPEC_SYNTAX == "folder:PATH | cifar10:PATH | fashion-mnist[:PATH] | synthetic[:N] | scenes[:N]"
+    assert SPEC_SYNTAX.split(" | ") == [source.syntax for source in SOURCES.values()]
+    assert {"folder", "cifar10", "fashion-mnist", "synthetic", "scenes"} <= set(SOURCES)

@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -12,22 +13,19 @@ from dinotwins import load_model
 from dinotwins.models.backbone import create_backbone, last_layer_attention
 from dinotwins.models.config import ModelConfig
 from dinotwins.errors import UserError
-from dinotwins.objectives import METHODS
-from dinotwins.objectives.barlow import BarlowConfig, BarlowTwins
-from dinotwins.objectives.dino import DINO, DinoConfig
-from dinotwins.objectives.hybrid import DinoTwins, HybridConfig
+from dinotwins.config import build_config, merge
+from dinotwins.objectives import METHODS, build_objective
 from dinotwins.objectives.losses import dino_loss
 
 TINY = ModelConfig(embed_dim=24, depth=2, num_heads=3, image_size=16, patch_size=4, drop_path_rate=0.0)
-SMALL_DINO = DinoConfig(out_dim=32, hidden_dim=16, bottleneck_dim=8)
-SMALL_BARLOW = BarlowConfig(proj_dims=(16, 16))
+TINY_RUN = {"model": dataclasses.asdict(TINY), "augment": {"global_size": 16, "local_size": 8},
+            "dino": {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}, "barlow": {"proj_dims": [16, 16]}}
 TEMP = {"teacher_temp": 0.04}  # the step values compute_gradients reads (DINO's teacher temperature)
 
 
-def build(method: str, model: ModelConfig = TINY, hybrid: HybridConfig = HybridConfig()):
-    """A tiny objective of `method`."""
-    return {"dino": lambda: DINO(model, SMALL_DINO), "barlow": lambda: BarlowTwins(model, SMALL_BARLOW),
-            "hybrid": lambda: DinoTwins(model, SMALL_DINO, SMALL_BARLOW, hybrid)}[method]()
+def build(method: str, **settings):
+    """A tiny objective of `method`, built from a run's config as the trainer builds it."""
+    return build_objective(build_config(merge({"method": method, **TINY_RUN}, settings)))
 
 
 def test_backbone_takes_global_and_local_crop_sizes():
@@ -79,7 +77,7 @@ def test_hybrid_with_zero_barlow_weight_is_exactly_dino():
     """The hybrid at w_barlow = 0 against a real DINO objective with the same weights: the same loss, signals and
     gradients in every shared parameter, bit for bit."""
     torch.manual_seed(0)
-    hybrid = build("hybrid", hybrid=HybridConfig(w_dino=1.0, w_barlow=0.0))
+    hybrid = build("hybrid", hybrid={"w_dino": 1.0, "w_barlow": 0.0})
     dino = build("dino")
     dino.load_state_dict({k: v for k, v in hybrid.state_dict().items() if not k.startswith("student.projector.")})
     views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
@@ -97,7 +95,7 @@ def test_hybrid_with_zero_barlow_weight_is_exactly_dino():
 
 def test_hybrid_with_zero_dino_weight_is_its_barlow_term_over_d():
     torch.manual_seed(0)
-    hybrid = build("hybrid", hybrid=HybridConfig(w_dino=0.0, w_barlow=1.0))
+    hybrid = build("hybrid", hybrid={"w_dino": 0.0, "w_barlow": 1.0})
     views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
     loss, logs = hybrid.compute_gradients(hybrid.student, views, [], TEMP)
     assert loss.item() == pytest.approx(logs["loss_barlow"] / 16, rel=1e-6)
@@ -193,8 +191,7 @@ def _pil(w, h):
 @pytest.mark.parametrize("method", METHODS)
 def test_one_backward_per_resolution_gives_the_gradients_of_one_backward_of_the_sum(method, ddp_order):
     torch.manual_seed(0)
-    with_drop_path = ModelConfig(**{**TINY.__dict__, "drop_path_rate": 0.2})  # same draws in both modes
-    ssl = build(method, with_drop_path)
+    ssl = build(method, model={"drop_path_rate": 0.2})  # the same drop-path draws in both modes
     twin = copy.deepcopy(ssl)
     views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
     local = [torch.randn(4, 3, 8, 8) for _ in range(3)]
