@@ -8,7 +8,8 @@ Everything Barlow Twins adds to a backbone lives here:
   (`losses.barlow_twins_terms`), gathered over processes under torchrun;
 - logged signals (both terms and the rms of 1 - C_ii) and the collapse sign they show.
 
-`barlow_terms` and `barlow_collapse_signs` are shared with the hybrid (hybrid.py).
+`barlow_terms` and `barlow_collapse_signs` are shared with the hybrid (hybrid.py). What it is not: the loss maths
+(losses.py) or the shared forward and backward (base.py).
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ backpropagated as soon as it is computed. A subclass supplies the maths in four 
 is matched against this step, e.g. the teacher's outputs), `loss_parts` (its loss terms on one resolution's
 outputs), `combine` (the loss from its terms; linear in the terms, so the parts of a split add up to the loss of the
 whole) and `finish_step` (signals to log, and state updated from the step, e.g. DINO's center).
+
+What it is not: no method's maths (dino.py, barlow.py, hybrid.py, losses.py), no optimizer, lr schedule, data or
+I/O (training/).
 """
 
 from __future__ import annotations

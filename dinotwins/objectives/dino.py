@@ -11,6 +11,9 @@ Everything DINO adds to a backbone lives here:
 - the loss: the student sees all crops, the teacher the 2 global crops; cross-entropy over every (teacher view,
   other student view) pair (`losses.dino_loss`);
 - logged signals (teacher entropy, KL(teacher || student)) and the collapse signs they show.
+
+What it is not: the loss maths (losses.py), the shared multi-crop forward and backward (base.py), the EMA update
+and the schedule shapes (training/ema.py, training/schedules.py), which it calls.
 """
 
 from __future__ import annotations

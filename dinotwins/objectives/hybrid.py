@@ -7,6 +7,8 @@
 - the loss: DINO over all crops plus Barlow Twins on the student's two global crops,
   w_dino * L_dino + w_barlow * (1 / D) * L_barlow (`losses.hybrid_loss`);
 - logged: both halves' signals plus `loss_dino` and `loss_barlow`; collapse: both halves' signs.
+
+What it is not: a copy of either half. It is DINO (dino.py) with the Barlow projector and term (barlow.py) added.
 """
 
 from __future__ import annotations
