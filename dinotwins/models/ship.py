@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dinotwins.errors import UserError
+from dinotwins.files import atomic_write
 
 QUICK_CHECK = {"limit_train": 2000, "limit_test": 500, "seed": 0, "k": 20, "temperature": 0.07,
                "label_fraction": 0.1}
@@ -82,7 +83,7 @@ def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str) -
     dest.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         shutil.copyfile(run_dir / name, dest / name)
-    (dest / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write(dest / "eval.json", (json.dumps(report, indent=2) + "\n").encode())
     return report
 
 

@@ -31,6 +31,7 @@ from dinotwins.data import load_dataset
 from dinotwins.data.augment import MultiCrop
 from dinotwins.data.sampler import EpochSampler
 from dinotwins.errors import TrainingInterrupted, TrainingStopped, UserError
+from dinotwins.files import atomic_write
 from dinotwins.models.backbone import fused_attention_for, set_fused_attention
 from dinotwins.models.export import EXPORT_NAME, export_backbone
 from dinotwins.objectives import build_objective
@@ -107,7 +108,7 @@ class Trainer:
             self._resume()
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            atomic_write(self.out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
 
     # ----------------------------------------------------------------------------------------- schedules
     def schedule(self, step: int) -> dict[str, float]:
