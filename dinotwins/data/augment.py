@@ -25,8 +25,8 @@ per-image parameters per view size) and only then moved to the images' device, i
 same views on CPU and GPU (equal up to float rounding), and the GPU never waits on a decision.
 
 What it is not: no PIL, no per-image Python loop, no dataset or sampling logic (dataset.py, sampler.py); its
-config dataclass is in augment_config.py. `eval_transform`
-is the deterministic resize + normalize used for evaluation and retrieval.
+config dataclass is in augment_config.py. `eval_transform` is the deterministic resize + normalize used for
+evaluation and retrieval.
 """
 
 from __future__ import annotations
