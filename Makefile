@@ -1,5 +1,5 @@
 # DinoTwins Explorer. `make setup` is idempotent: it builds .venv once and re-installs only when
-# requirements.txt changes.
+# requirements.txt or pyproject.toml changes. The package itself is installed editable (the dinotwins-* commands).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP) data
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 # Debian's packages: Fashion-MNIST, the scenes data's objects (tuxpaint stamps) and background photographs, and
@@ -43,8 +44,9 @@ demo: setup
 DEMO_DATA ?= scenes
 DEMO_PRESET ?= scenes
 DEMO_EXTRA ?=
+METHODS = $(shell $(BIN)/python -c "from dinotwins.objectives import METHODS; print(*METHODS)")
 demo-models: setup
-	for m in dino barlow hybrid; do \
+	for m in $(METHODS); do \
 	  $(BIN)/python train.py --method $$m --preset $(DEMO_PRESET) --data $(DEMO_DATA) --out runs/demo-$(DEMO_DATA)/$$m $(DEMO_EXTRA) && \
 	  $(BIN)/python -m dinotwins.ship runs/demo-$(DEMO_DATA)/$$m assets/models/$(DEMO_DATA)/$$m --data $(DEMO_DATA) \
 	    --command "python train.py --method $$m --preset $(DEMO_PRESET) --data $(DEMO_DATA) --out runs/demo-$(DEMO_DATA)/$$m $(DEMO_EXTRA)" \
@@ -53,15 +55,13 @@ demo-models: setup
 bench: setup
 	$(BIN)/python -m dinotwins.bench
 
-# The README's Performance table: every lever on the issue's CPU config, then the data pipeline.
-BENCH_CFG := --img-size 32 --patch-size 4 --depth 12 --dim 192 --heads 3 --local-crops 6 --local-size 16 \
-	--batch-size 64 --out-dim 4096 --json
+# The README's Performance table: every lever on the bench preset (the issue's CPU config), then the data pipeline.
 bench-levers: setup
-	for flags in "--method dino --precision fp32 --attention fused" "--method dino --precision fp32 --attention explicit" \
-	  "--method dino --precision bf16 --attention fused" "--method dino --joint-backward" "--method dino" \
-	  "--method dino --compile" \
-	  "--method barlow" "--method hybrid"; do \
-	  $(BIN)/python -m dinotwins.bench $(BENCH_CFG) $$flags | tail -1; done
+	for flags in "--method dino --set precision=fp32 --set attention=fused" \
+	  "--method dino --set precision=fp32 --set attention=explicit" \
+	  "--method dino --set precision=bf16 --set attention=fused" "--method dino --set backward_per_resolution=false" \
+	  "--method dino" "--method dino --set compile=true" "--method barlow" "--method hybrid"; do \
+	  $(BIN)/python -m dinotwins.bench --json $$flags | tail -1; done
 	$(BIN)/python -m dinotwins.bench --data-pipeline --json | tail -1
 
 # Max RSS of 4-step demo-preset runs on Fashion-MNIST (the issue's memory target), each backward mode.

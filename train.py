@@ -2,7 +2,7 @@
 
 import sys
 
-from dinotwins.cli import main
+from dinotwins.training.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

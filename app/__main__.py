@@ -12,12 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from dinotwins.cli import OneLineParser
+from dinotwins.data import SPEC_SYNTAX
 from dinotwins.errors import UserError
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see python -m app --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "embeddings of self-supervised ViTs, side by side.")
     p.add_argument("models", nargs="*", metavar="MODEL",
                    help="run dir, exported .safetensors or official DINO .pth (default: the demo models)")
-    p.add_argument("--gallery", metavar="SPEC", help="fashion-mnist[:PATH] | cifar10:PATH | folder:PATH | "
-                   "synthetic[:N] (default: Fashion-MNIST test when present, else synthetic)")
+    p.add_argument("--gallery", metavar="SPEC", help=f"{SPEC_SYNTAX} (default: Fashion-MNIST test when present, "
+                   "else synthetic)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")

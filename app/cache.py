@@ -1,15 +1,15 @@
-"""On-disk cache of what the app computes per (model weights, gallery, preprocessing): embeddings, FAISS
-indexes, UMAP layouts, scores.
+"""On-disk cache of what the app computes per (model weights, gallery, preprocessing): FAISS indexes, UMAP
+layouts, scores. (Gallery embeddings are the evaluation's features, cached by it under ROOT/features.)
 
-Layout: `ROOT/<key>/<name>` with a `<name>.sha256` sidecar holding the file's checksum. ROOT is
-`$DINOTWINS_CACHE` or `~/.cache/dinotwins/app`. The key hashes the weights (`m.weights_hash`), the gallery's
-pixels and labels, the preprocessing, and `CACHE_VERSION`.
+Layout: `ROOT/<key>/<name>` with a `<name>.sha256` record (`dinotwins.files`). ROOT is `$DINOTWINS_CACHE` or
+`~/.cache/dinotwins/app`. The key hashes the weights (`m.weights_hash`), the gallery's pixels and labels, the
+preprocessing, and `CACHE_VERSION`.
 
 Formats hold no code: arrays are .npy read with `allow_pickle=False`, indexes go through `faiss.write_index` /
-`faiss.read_index`, scores are JSON. Every read checks the checksum, shape and dtype first; an entry that is
-missing, stale, corrupted or half-written is deleted and reported as absent, so the caller rebuilds it -
-never served. Writes go to a temporary file in the same folder and are renamed into place (atomic), data
-before checksum, so a crash or a concurrent app leaves either a whole entry or none.
+`faiss.read_index`, scores are JSON. Every read checks the record, shape and dtype first; an entry that is
+missing, stale, corrupted or half-written is deleted and reported as absent, so the caller rebuilds it - never
+served. Writes are `files.write_with_checksum`: atomic, data before record, so a crash or a concurrent app leaves
+either a whole entry or none.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import faiss
 import numpy as np
 
-CACHE_VERSION = 1  # bump when what is stored, or how it is computed, changes
+from dinotwins.files import read_verified, sidecar, write_with_checksum
+
+CACHE_VERSION = 2  # bump when what is stored, or how it is computed, changes
 ENV_VAR = "DINOTWINS_CACHE"
 
 
@@ -96,44 +97,23 @@ class ArtifactCache:
         return value if isinstance(value, dict) else self._discard(key, name)
 
     def save_json(self, key: str, name: str, value: dict[str, Any]) -> None:
-        self._write(key, name, lambda path: path.write_text(json.dumps(value, sort_keys=True)))
+        self._write(key, name, json.dumps(value, sort_keys=True).encode())
 
     # ----------------------------------------------------------------------------------------- plumbing
     def _verified_bytes(self, key: str, name: str) -> bytes | None:
         path = self.path(key, name)
-        sidecar = path.with_name(path.name + ".sha256")
-        try:
-            data = path.read_bytes()
-            expected = sidecar.read_text().strip()
-        except OSError:
-            return None if not path.exists() else self._discard(key, name)
-        if hashlib.sha256(data).hexdigest() != expected:
+        data = read_verified(path)
+        if data is None and path.exists():
             return self._discard(key, name)
         return data
 
     def _discard(self, key: str, name: str) -> None:
         path = self.path(key, name)
-        for stale in (path, path.with_name(path.name + ".sha256")):
+        for stale in (path, sidecar(path)):
             stale.unlink(missing_ok=True)
         return None
 
-    def _write(self, key: str, name: str, writer: Callable[[Path], None]) -> None:
+    def _write(self, key: str, name: str, data) -> None:
         path = self.path(key, name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            writer(tmp)
-            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-            os.replace(tmp, path)
-            _atomic_text(path.with_name(path.name + ".sha256"), digest)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp_name, path)
+        write_with_checksum(path, data)

@@ -21,10 +21,10 @@ from app import projection, scores
 from app.cache import ArtifactCache, cache_key
 from app.gallery import Gallery
 from app.models import ModelEntry
-from dinotwins.knn import l2_normalize
+from dinotwins.evaluation.features import embed_batch, extract_features
+from dinotwins.evaluation.knn import l2_normalize
 
 Progress = Callable[..., None]
-EMBED_BATCH = 256
 
 
 def no_progress(*_args, **_kwargs) -> None:
@@ -98,40 +98,30 @@ class Explorer:
         return [e.label for e in self.entries]
 
     def key(self, i: int) -> str:
-        """Cache key of model i on this gallery: weights, gallery pixels and labels, preprocessing."""
+        """Cache key of model i on this gallery (its index, layouts, scores): weights, gallery pixels and labels,
+        preprocessing."""
         m = self.entries[i].model
-        preprocessing = {"resize": "pil-bicubic-square", "image_size": m.image_size, "mean": list(m.mean),
+        preprocessing = {"transform": "eval_transform", "image_size": m.image_size, "mean": list(m.mean),
                          "std": list(m.std), "gallery_size": self.gallery.size}
         return cache_key(weights=m.weights_hash, gallery=self.gallery.key, gallery_spec=self.gallery.spec,
                          preprocessing=preprocessing)
 
     # ----------------------------------------------------------------------------------------- embeddings
     def embed_images(self, i: int, images: list[Image.Image]) -> np.ndarray:
-        """(len(images), D) L2-normalized embeddings by model i."""
+        """(len(images), D) L2-normalized embeddings by model i, taken as the gallery's are (`embed_batch`)."""
         model = self.entries[i].model
-        return l2_normalize(model.embed(model.preprocess(images)).cpu().numpy())
+        return l2_normalize(embed_batch(model, model.preprocess(images)))
 
     def embeddings(self, i: int, progress: Progress = no_progress) -> np.ndarray:
-        """(N, D) L2-normalized float32 embeddings of the whole gallery by model i."""
+        """(N, D) L2-normalized float32 embeddings of the whole gallery by model i: the evaluation's features
+        (`extract_features`, its cache under the app's cache folder)."""
         with self._lock:
-            if i in self._embeddings:
-                return self._embeddings[i]
-            key, n, dim = self.key(i), len(self.gallery), self.entries[i].model.embed_dim
-            array = self.cache.load_array(key, "embeddings.npy", shape=(n, dim), dtype=np.float32)
-            if array is None:
-                array = self._compute_embeddings(i, progress)
-                self.cache.save_array(key, "embeddings.npy", array)
-            self._embeddings[i] = array
-            return array
-
-    def _compute_embeddings(self, i: int, progress: Progress) -> np.ndarray:
-        n, label = len(self.gallery), self.entries[i].label
-        parts = []
-        for start in range(0, n, EMBED_BATCH):
-            progress(start / n, desc=f"embedding the gallery with {label} ({start}/{n})")
-            batch = [self.gallery.image(j) for j in range(start, min(start + EMBED_BATCH, n))]
-            parts.append(self.embed_images(i, batch))
-        return np.concatenate(parts).astype(np.float32)
+            if i not in self._embeddings:
+                progress(0.0, desc=f"embedding the gallery with {self.entries[i].label}")
+                features = extract_features(self.entries[i].model, self.gallery.as_dataset(),
+                                            cache_dir=self.cache.root / "features", progress=False)
+                self._embeddings[i] = l2_normalize(features)
+            return self._embeddings[i]
 
     def index(self, i: int, progress: Progress = no_progress) -> faiss.Index:
         """Exact cosine (inner-product) FAISS index over model i's gallery embeddings."""

@@ -60,6 +60,15 @@ class Gallery:
         label = int(self.labels[index])
         return self.classes[label] if self.classes and 0 <= label < len(self.classes) else str(label)
 
+    def as_dataset(self):
+        """The gallery as a `dinotwins` ImageDataset (uint8 (N, C, S, S), a view of the same pixels), so its
+        embeddings come from the evaluation's own feature extraction and cache."""
+        from dinotwins.data.dataset import ImageDataset
+
+        labels = None if self.labels is None else torch.from_numpy(self.labels)
+        return ImageDataset(f"gallery:{self.spec}", torch.from_numpy(self.images).permute(0, 3, 1, 2), labels,
+                            self.classes, split="test", storage_size=self.size)
+
     def class_names(self) -> list[str]:
         return list(self.classes) if self.classes else []
 

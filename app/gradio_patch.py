@@ -6,10 +6,11 @@ What and why is in `atomic_gradio_image_cache`'s docstring; nothing else of grad
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
+
+from dinotwins.files import atomic_write
 
 
 def atomic_gradio_image_cache() -> None:
@@ -36,15 +37,7 @@ def atomic_gradio_image_cache() -> None:
             except OSError:
                 pass
             return str(path)
-        fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(staging, 0o644)
-            os.replace(staging, path)
-        except BaseException:
-            Path(staging).unlink(missing_ok=True)
-            raise
+        atomic_write(path, data)
         return str(path)
 
     save_pil_to_cache.atomic = True  # type: ignore[attr-defined]

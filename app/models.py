@@ -25,13 +25,13 @@ from typing import Callable
 
 from dinotwins import LoadedModel, load_model
 from dinotwins.errors import UserError
+from dinotwins.models.export import EXPORT_NAME
+from dinotwins.objectives import METHODS as DEMO_METHODS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO_ROOT / "assets" / "models"
 DEMO_SETS = ("scenes", "fashion-mnist")  # sub-folders of DEMO_DIR; each is also the data spec its models trained on
 DEFAULT_DEMO = "scenes"
-DEMO_METHODS = ("dino", "barlow", "hybrid")
-EXPORT_NAME = "model.safetensors"
 
 
 @dataclass(frozen=True)

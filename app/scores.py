@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 from sklearn.metrics import silhouette_score
 
-from dinotwins.knn import KNN_K, KNN_TEMPERATURE, knn_vote, l2_normalize, topk_accuracy
+from dinotwins.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_vote, l2_normalize, topk_accuracy
 
 
 def knn_accuracy_leave_one_out(index: faiss.Index, embeddings: np.ndarray, labels: np.ndarray,

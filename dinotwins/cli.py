@@ -1,103 +1,20 @@
-"""`train.py` command line: flags -> a TrainConfig, once, at the edge; then `trainer.train`.
+"""What every command line of the project shares: `OneLineParser`.
 
-With --resume the run's own config.yaml is the base and flags given again are applied on top, so
-`train.py --out runs/x --resume` continues a run with exactly the settings it started with.
+train.py, `python -m dinotwins.evaluate`, `python -m dinotwins.bench` and `python -m app` parse their flags with it,
+so a bad flag is one line (`error: ... (see PROG --help)`, exit 2) instead of argparse's usage block, like every
+other mistake a user can make (`UserError`). Torch-free: a typo is reported before anything heavy is imported.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import warnings
-from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
-from dinotwins.config import (available_presets, build_config, dotted_to_nested, load_preset, merge, read_yaml,
-                              to_dict)
-from dinotwins.errors import TrainingInterrupted, TrainingStopped, UserError
-from dinotwins.objectives import METHODS
+from dinotwins.errors import UserError
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line (`error: ...`, exit 2) instead of usage + error."""
+    """argparse whose errors are a `UserError` naming the flag and pointing at --help; the entry point prints it."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see train.py --help)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="train.py", description="Train DINO, Barlow Twins or the DinoTwins hybrid.")
-    p.add_argument("--method", choices=METHODS, help="objective: dino | barlow | hybrid")
-    p.add_argument("--data", help="folder:PATH | cifar10:PATH | fashion-mnist[:PATH] | synthetic[:N] | scenes[:N]")
-    p.add_argument("--out", required=True, type=Path, help="run directory (must be new unless --resume)")
-    p.add_argument("--preset", help=f"named settings: {', '.join(available_presets())}")
-    p.add_argument("--config", type=Path, help="YAML file of settings (keys as in a run's config.yaml)")
-    p.add_argument("--epochs", type=float, help="passes over the data")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps (schedules end there too)")
-    p.add_argument("--batch-size", type=int, help="images per process and step")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"),
-                   help="auto: bf16 autocast where the device computes it fast")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the networks (GPU)")
-    p.add_argument("--save-every", type=int, help="steps between resumable checkpoints")
-    p.add_argument("--export-every", type=int,
-                   help="also keep the exported weights every N steps in exports/ (a learning curve; 0: never)")
-    p.add_argument("--stop-on-collapse", action="store_true", default=None,
-                   help="stop (exit 3) instead of warning when the collapse monitor fires")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config key, e.g. --set dino.out_dim=2048 --set model.depth=6 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Merge defaults < preset < --config < flags into one nested dict."""
-    data: dict[str, Any] = {}
-    if args.resume and (args.out / "config.yaml").is_file():
-        data = read_yaml(args.out / "config.yaml")
-    if args.preset:
-        data = merge(data, load_preset(args.preset))
-    if args.config:
-        data = merge(data, read_yaml(args.config))
-    flags = {"method": args.method, "data": args.data, "epochs": args.epochs, "max_steps": args.max_steps,
-             "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
-             "precision": args.precision, "compile": args.compile, "save_every": args.save_every,
-             "export_every": args.export_every, "stop_on_collapse": args.stop_on_collapse}
-    data = merge(data, {k: v for k, v in flags.items() if v is not None})
-    data = merge(data, dotted_to_nested(args.set))
-    if "method" not in data:
-        raise UserError("--method is required: dino, barlow or hybrid")
-    if "data" not in data:
-        raise UserError("--data is required, e.g. --data fashion-mnist or --data folder:PATH")
-    return data
-
-
-def main(argv: list[str] | None = None) -> int:
-    warnings.simplefilter("default")
-    try:
-        args = build_parser().parse_args(argv)
-        cfg = build_config(resolve_config(args))
-        from dinotwins.trainer import train  # heavy imports after the cheap checks
-
-        out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingStopped as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 3
-    except TrainingInterrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
-        return 128 + exc.signum
-    except KeyboardInterrupt:
-        print("interrupted: resume with --resume (from the last checkpoint)", file=sys.stderr)
-        return 130
-    if os.environ.get("RANK", "0") == "0":
-        print(f"done: {out} (model: {out / 'model.safetensors'})")
-    return 0
-
-
-__all__ = ["main", "build_parser", "resolve_config", "to_dict"]
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see {self.prog} --help)")

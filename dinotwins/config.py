@@ -3,6 +3,12 @@
 Precedence, lowest first: dataclass defaults < `--preset NAME` (dinotwins/presets/NAME.yaml) < `--config FILE`
 < command-line flags and `--set key.sub=value`. The resolved config is written next to each run as YAML.
 Unknown keys and wrong types are a `UserError` naming the key, never silently ignored.
+
+The sections: `model` (models/config.py), `augment` (data/augment_config.py), `optim` (here), and one per
+registered objective, named like it (`dino`, `barlow`, `hybrid`), whose dataclass the objective's own file defines
+(`Objective.config_class`). This module imports no torch: `build_config` reads and checks the common settings
+first, then each objective's section, its class looked up by name in the registry, which imports that
+objective's module (and torch) only then. A typo in a flag or a common setting is reported without torch.
 """
 
 from __future__ import annotations
@@ -16,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from dinotwins.augment import AugmentConfig
-from dinotwins.backbone import ModelConfig
+from dinotwins.data.augment_config import AugmentConfig
 from dinotwins.errors import UserError
-from dinotwins.objectives import METHODS, BarlowConfig, DinoConfig, HybridConfig
+from dinotwins.models.config import ModelConfig
+from dinotwins.objectives import METHODS, objective_class
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -52,7 +58,7 @@ class TrainConfig:
     # kernel is ~1.6x slower end to end for ViT-sized token counts (see README, Performance). Same maths.
     attention: str = "auto"  # auto | fused | explicit
     # One backward per crop resolution (local crops, then global crops) instead of one over the summed loss: the
-    # same gradients with one resolution's activations alive at a time (see SelfSupervised.compute_gradients).
+    # same gradients with one resolution's activations alive at a time (see Objective.compute_gradients).
     backward_per_resolution: bool = True
     save_every: int = 500  # steps between resumable checkpoints
     log_every: int = 10  # steps between metrics.jsonl rows
@@ -63,13 +69,15 @@ class TrainConfig:
     export_dtype: str = "float32"  # float32 | float16 for the exported weights
     stop_on_collapse: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
-    dino: DinoConfig = field(default_factory=DinoConfig)
-    barlow: BarlowConfig = field(default_factory=BarlowConfig)
-    hybrid: HybridConfig = field(default_factory=HybridConfig)
+    # One section per registered objective, by its name (config.yaml: `dino:`, `barlow:`, `hybrid:` at the top
+    # level); each objective reads the ones it needs (the hybrid: all three).
+    objectives: dict[str, Any] = field(default_factory=lambda: {name: objective_class(name).config_class()
+                                                                for name in METHODS})
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
+        """UserError naming the first bad setting; each objective's section checks itself (`build_config`)."""
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         checks = [
@@ -86,14 +94,12 @@ class TrainConfig:
              f"attention must be auto, fused or explicit, got {self.attention!r}"),
             (self.export_dtype in ("float32", "float16"), f"export_dtype must be float32 or float16, got {self.export_dtype!r}"),
             (self.optim.base_lr > 0, f"optim.base_lr must be positive, got {self.optim.base_lr}"),
-            (0 <= self.dino.momentum_teacher <= 1, f"dino.momentum_teacher must be in [0, 1], got {self.dino.momentum_teacher}"),
-            (self.dino.student_temp > 0 and self.dino.teacher_temp > 0, "dino temperatures must be positive"),
             (self.augment.n_local >= 0, f"augment.n_local must be >= 0, got {self.augment.n_local}"),
-            (self.hybrid.w_dino >= 0 and self.hybrid.w_barlow >= 0, "hybrid weights must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        self.augment.validate()
         if self.augment.global_size != self.model.image_size:
             raise UserError(f"augment.global_size {self.augment.global_size} differs from model.image_size "
                             f"{self.model.image_size}; set both to the same size")
@@ -155,31 +161,47 @@ def dotted_to_nested(assignments: list[str]) -> dict[str, Any]:
 
 
 def build_config(data: dict[str, Any]) -> TrainConfig:
-    cfg = _from_dict(TrainConfig, data, "")
-    cfg.validate()
+    """The checked `TrainConfig` of nested settings (as config.yaml holds them)."""
+    common = {key: value for key, value in data.items() if key not in METHODS}
+    cfg = _from_dict(TrainConfig, common, "", extra_keys=METHODS, objectives={})
+    cfg.validate()  # the common settings, before anything imports torch
+    for name in METHODS:
+        section = _from_dict(objective_class(name).config_class, data.get(name) or {}, f"{name}.")
+        section.validate()
+        cfg.objectives[name] = section
     return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Dataclass -> plain dict of YAML-safe values (tuples become lists)."""
+    """Dataclass -> plain dict of YAML-safe values (tuples become lists); a TrainConfig's objective sections at the
+    top level under their names, as config.yaml holds them."""
     def plain(value: Any) -> Any:
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
         return value
-    return plain(dataclasses.asdict(cfg))
+    out: dict[str, Any] = {}
+    for key, value in plain(dataclasses.asdict(cfg)).items():
+        if key == "objectives":
+            out.update(value)
+        else:
+            out[key] = value
+    return out
 
 
-def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def _from_dict(cls: type, data: dict[str, Any], prefix: str, extra_keys: tuple[str, ...] = (), **given: Any) -> Any:
+    """`cls` from a mapping, each value coerced to its field's type; `given` fields are set as they are, not read
+    from `data`; `extra_keys` are valid keys read elsewhere (named in the unknown-key error)."""
     if not isinstance(data, dict):
         raise UserError(f"config key {prefix.rstrip('.') or 'root'} must be a mapping")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} - set(given)
     unknown = sorted(set(data) - names)
     if unknown:
-        raise UserError(f"unknown config key {prefix}{unknown[0]}; valid keys here: {', '.join(sorted(names))}")
-    kwargs = {}
+        valid = ", ".join(sorted(names | set(extra_keys)))
+        raise UserError(f"unknown config key {prefix}{unknown[0]}; valid keys here: {valid}")
+    kwargs = dict(given)
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):

@@ -10,9 +10,8 @@ import pytest
 from PIL import Image
 
 from dinotwins.config import build_config, load_preset, merge
-from dinotwins.trainer import train
-
-METHODS = ("dino", "barlow", "hybrid")
+from dinotwins.objectives import METHODS
+from dinotwins.training.trainer import train
 
 
 def smoke_config(method: str, **overrides):

@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dinotwins.trainer import Trainer  # noqa: E402
+from dinotwins.training.trainer import Trainer  # noqa: E402
 from tests.conftest import smoke_config  # noqa: E402
 
 
@@ -20,7 +20,7 @@ def trained_weights(out: Path, per_resolution: bool, steps: int) -> torch.Tensor
     trainer = Trainer(cfg, out, progress=False)
     for step in range(steps):
         trainer.train_step(trainer.batch(step), step)
-    return torch.cat([p.detach().flatten() for p in trainer.ssl.student.parameters()])
+    return torch.cat([p.detach().flatten() for p in trainer.objective.student.parameters()])
 
 
 def main() -> None:

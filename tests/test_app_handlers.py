@@ -23,6 +23,7 @@ from app.tabs.attention import attention_handler
 from app.tabs.embeddings import projection_handler
 from app.tabs.retrieval import retrieve_handler
 from app.ui import build_app
+from dinotwins.evaluation import features
 from dinotwins.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +191,7 @@ def test_projection_is_computed_once_then_served_from_disk(explorer, entries, ga
         raise AssertionError("recomputed although cached")
 
     monkeypatch.setattr(projection, "umap_2d", must_not_run)
-    monkeypatch.setattr(Explorer, "_compute_embeddings", must_not_run)
+    monkeypatch.setattr(features, "compute_features", must_not_run)
     monkeypatch.setattr(scores, "knn_accuracy_leave_one_out", must_not_run)
     again = Explorer(entries, gallery, explorer.cache, umap_points=64, umap_epochs=20).projection()
     assert all(np.allclose(a, b) for a, b in zip(first.layouts, again.layouts))

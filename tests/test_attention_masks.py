@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dinotwins.attention_masks import attention_jaccard, jaccard, mass_threshold_mask, upsample_mask
+from dinotwins.evaluation.attention_masks import attention_jaccard, jaccard, mass_threshold_mask, upsample_mask
 
 
 def test_mass_threshold_keeps_the_smallest_set_reaching_the_mass():

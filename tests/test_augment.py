@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinotwins.augment import (AugmentConfig, MultiCrop, color_jitter, crop_boxes, eval_transform, gaussian_blur,
-                               grayscale, resized_crop, rotate_hue, solarize)
+from dinotwins.data.augment import (MultiCrop, color_jitter, crop_boxes, eval_transform, gaussian_blur, grayscale,
+                                    resized_crop, rotate_hue, solarize)
+from dinotwins.data.augment_config import AugmentConfig
 from dinotwins.errors import UserError
 
 # Every photometric transform off: views are pure geometry, then normalization.

@@ -1,6 +1,7 @@
 """Data specs (folders, CIFAR-10 pickles, Fashion-MNIST IDX files) and the deterministic epoch sampler."""
 
 import gzip
+import importlib
 import pickle
 import struct
 from pathlib import Path
@@ -10,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dinotwins import data
-from dinotwins.data import EpochSampler, load_dataset, read_idx
+from dinotwins.data import SOURCES, SPEC_SYNTAX, fashion_mnist, folder, load_dataset
+from dinotwins.data.fashion_mnist import read_idx
+from dinotwins.data.sampler import EpochSampler
 from dinotwins.errors import UserError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -121,7 +123,7 @@ def test_large_folders_are_decoded_per_batch(tmp_path, monkeypatch):
     save_image(tmp_path / "a.png", RED)
     save_image(tmp_path / "b.png", BLUE)
     eager = load_dataset(f"folder:{tmp_path}", image_size=8)
-    monkeypatch.setattr(data, "IN_MEMORY_BUDGET", 0)
+    monkeypatch.setattr(folder, "IN_MEMORY_BUDGET", 0)
     lazy = load_dataset(f"folder:{tmp_path}", image_size=8)
     assert lazy.images is None and len(lazy) == 2
     assert torch.equal(lazy.get_batch(torch.tensor([1, 0])), eager.images[[1, 0]])
@@ -132,7 +134,7 @@ def test_large_folders_are_decoded_per_batch(tmp_path, monkeypatch):
 def test_a_file_unreadable_at_batch_time_becomes_a_black_image_with_a_warning(tmp_path, monkeypatch):
     save_image(tmp_path / "a.png", RED)
     save_image(tmp_path / "b.png", BLUE)
-    monkeypatch.setattr(data, "IN_MEMORY_BUDGET", 0)
+    monkeypatch.setattr(folder, "IN_MEMORY_BUDGET", 0)
     lazy = load_dataset(f"folder:{tmp_path}", image_size=8)
     (tmp_path / "b.png").write_bytes(b"overwritten mid-training")
     with pytest.warns(UserWarning, match="b.png"):
@@ -324,9 +326,9 @@ def test_idx_reader_returns_the_array_it_holds(tmp_path):
 
 
 def test_fashion_mnist_found_nowhere_names_all_three_places(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM", tmp_path / "system")
-    monkeypatch.setattr(data, "FASHION_MNIST_CACHE", tmp_path / "cache")
-    monkeypatch.setattr(data, "_download_fashion_mnist", lambda: False)
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM", tmp_path / "system")
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_CACHE", tmp_path / "cache")
+    monkeypatch.setattr(fashion_mnist, "_download_fashion_mnist", lambda: False)
     with pytest.raises(UserError) as error:
         load_dataset(f"fashion-mnist:{tmp_path / 'given'}")
     message = str(error.value)
@@ -337,22 +339,22 @@ def test_fashion_mnist_found_nowhere_names_all_three_places(tmp_path, monkeypatc
 
 def test_fashion_mnist_falls_back_to_the_system_copy_with_a_warning(tmp_path, monkeypatch):
     write_fashion_mnist(tmp_path / "system")
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM", tmp_path / "system")
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM", tmp_path / "system")
     with pytest.warns(UserWarning, match="using"):
         dataset = load_dataset(f"fashion-mnist:{tmp_path / 'empty'}")
     assert len(dataset) == 6
 
 
 def test_fashion_mnist_uses_the_torchvision_download_when_nothing_else_has_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM", tmp_path / "system")
-    monkeypatch.setattr(data, "FASHION_MNIST_CACHE", tmp_path / "cache")
-    monkeypatch.setattr(data, "_download_fashion_mnist",
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM", tmp_path / "system")
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_CACHE", tmp_path / "cache")
+    monkeypatch.setattr(fashion_mnist, "_download_fashion_mnist",
                         lambda: write_fashion_mnist(tmp_path / "cache" / "FashionMNIST" / "raw") is not None)
     assert len(load_dataset("fashion-mnist", "test")) == 4
 
 
 def test_fashion_mnist_default_loads_60000_train_and_10000_test_images():
-    assert data.FASHION_MNIST_SYSTEM.is_dir(), "Debian's dataset-fashion-mnist is missing: run `make setup` as root"
+    assert fashion_mnist.FASHION_MNIST_SYSTEM.is_dir(), "Debian's dataset-fashion-mnist is missing: run `make setup` as root"
     train = load_dataset("fashion-mnist", "train")
     assert train.images.shape == (60000, 1, 28, 28) and torch.bincount(train.labels).tolist() == [6000] * 10
     assert train.describe() == "fashion-mnist train: 60000 images 1x28x28, 10 classes"
@@ -400,3 +402,12 @@ def test_batch_larger_than_the_dataset_is_a_user_error():
         EpochSampler(50, 64, seed=0)
     with pytest.raises(UserError, match="lower --batch-size"):
         EpochSampler(50, 16, seed=0, world_size=4)
+
+
+# ------------------------------------------------------------------------------------------------ the registry
+def test_every_registered_source_is_a_module_with_a_load_function_and_a_spec_syntax():
+    for kind, source in SOURCES.items():
+        assert source.syntax.startswith(kind) and source.help
+        assert callable(importlib.import_module(source.module).load), kind
+    assert SPEC_SYNTAX.split(" | ") == [source.syntax for source in SOURCES.values()]
+    assert {"folder", "cifar10", "fashion-mnist", "synthetic", "scenes"} <= set(SOURCES)

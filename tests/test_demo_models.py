@@ -1,8 +1,9 @@
 """The shipped demo models: present, small, loadable, and still giving the evaluation figures recorded beside them.
 
-The check recomputes the evaluation on the fixed subset recorded in each eval.json (`ship.QUICK_CHECK`: 2000
-train / 500 test Fashion-MNIST images, seed 0) with an empty feature cache, and compares every figure with the
-recorded one within `ship.QUICK_CHECK_TOLERANCE` (absolute)."""
+Every demo set (`assets/models/<set>/<method>/`) holds one model per registered method. The check recomputes the
+evaluation on the fixed subset recorded in each eval.json (`ship.QUICK_CHECK`: 2000 train / 500 test images of the
+set's data, seed 0) with an empty feature cache, and compares every figure with the recorded one within
+`ship.QUICK_CHECK_TOLERANCE` (absolute)."""
 
 import json
 import math
@@ -11,17 +12,21 @@ from pathlib import Path
 import pytest
 
 from dinotwins import load_model
-from dinotwins.ship import QUICK_CHECK, QUICK_CHECK_TOLERANCE, quick_check_row
+from dinotwins.models.ship import QUICK_CHECK, QUICK_CHECK_TOLERANCE, quick_check_row
+from dinotwins.objectives import METHODS
 
-DEMO = Path(__file__).resolve().parent.parent / "assets" / "models" / "fashion-mnist"
-METHODS = ("dino", "barlow", "hybrid")
+DEMO = Path(__file__).resolve().parent.parent / "assets" / "models"
+SETS = ("scenes", "fashion-mnist")  # the demo sets the app offers (app.models.DEMO_SETS)
 FIGURES = ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "attn_jaccard_mean_heads",
            "attn_jaccard_best_head", "embedding_std")
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_demo_model_is_shipped_small_with_its_records(method):
-    folder = DEMO / method
+SHIPPED = [(demo_set, method) for demo_set in SETS for method in METHODS]
+
+
+@pytest.mark.parametrize("demo_set,method", SHIPPED)
+def test_demo_model_is_shipped_small_with_its_records(demo_set, method):
+    folder = DEMO / demo_set / method
     weights = folder / "model.safetensors"
     assert weights.is_file() and weights.stat().st_size <= 10 * 2**20
     assert (folder / "metrics.jsonl").stat().st_size > 0 and (folder / "config.yaml").is_file()
@@ -29,15 +34,16 @@ def test_demo_model_is_shipped_small_with_its_records(method):
     assert report["command"].startswith("python train.py --method " + method)
     model = load_model(folder)
     assert model.metadata["method"] == method and model.metadata["steps"] == report["steps"]
+    assert report["data"] == demo_set
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS)
-def test_demo_model_reproduces_its_recorded_quick_check(method, tmp_path):
-    report = json.loads((DEMO / method / "eval.json").read_text())
+@pytest.mark.parametrize("demo_set,method", SHIPPED)
+def test_demo_model_reproduces_its_recorded_quick_check(demo_set, method, tmp_path):
+    report = json.loads((DEMO / demo_set / method / "eval.json").read_text())
     recorded = report["quick_check"]
     assert {k: recorded[k] for k in QUICK_CHECK} == QUICK_CHECK
-    row = quick_check_row(load_model(DEMO / method), recorded["data"], cache_dir=tmp_path)
+    row = quick_check_row(load_model(DEMO / demo_set / method), recorded["data"], cache_dir=tmp_path)
     assert (row["num_train"], row["num_test"]) == (QUICK_CHECK["limit_train"], QUICK_CHECK["limit_test"])
     for key in FIGURES:
         expected = recorded["row"][key]

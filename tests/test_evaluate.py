@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 from dinotwins import LoadedModel
-from dinotwins import evaluate as evaluate_module
-from dinotwins import features as features_module
-from dinotwins.backbone import ModelConfig, create_backbone
+from dinotwins.models.backbone import create_backbone
+from dinotwins.models.config import ModelConfig
 from dinotwins.data import load_dataset
-from dinotwins.embedding_health import effective_rank, embedding_std
-from dinotwins.evaluate import COLUMNS, distinct_names, evaluate_model, limit_dataset, main
-from dinotwins.features import extract_features, feature_cache_key
+from dinotwins.evaluation import features as features_module
+from dinotwins.evaluation import rows as rows_module
+from dinotwins.evaluation.cli import distinct_names, main
+from dinotwins.evaluation.embedding_health import effective_rank, embedding_std
+from dinotwins.evaluation.features import extract_features, feature_cache_key
+from dinotwins.evaluation.rows import COLUMNS, evaluate_model, limit_dataset
 
 TINY = ModelConfig(embed_dim=24, depth=1, num_heads=3, image_size=16, patch_size=4, drop_path_rate=0.0)
 
@@ -105,7 +107,7 @@ def test_evaluate_model_row_and_attention_regenerated_at_the_model_size(tiny_mod
     def spy(spec, split, *, image_size):
         loads.append((spec, split, image_size))
         return load_dataset(spec, split, image_size=image_size)
-    monkeypatch.setattr(evaluate_module, "load_dataset", spy)
+    monkeypatch.setattr(rows_module, "load_dataset", spy)
     row = evaluate_model(tiny_model, train, test, k=5, temperature=0.07, label_fraction=0.5, seed=0,
                          cache_dir=tmp_path)
     assert loads == [("synthetic:64", "test", 16)]  # the attention masks come from 16 px synthetic images
@@ -124,8 +126,8 @@ def test_data_without_masks_scores_attention_on_synthetic_at_the_model_size(tiny
     def spy(spec, split, *, image_size):
         loads.append((spec, split, image_size))
         return load_dataset("synthetic:64", split, image_size=image_size)  # small stand-in for the full split
-    monkeypatch.setattr(evaluate_module, "load_dataset", spy)
-    mean_heads, best_head = evaluate_module.attention_scores(tiny_model, test)
+    monkeypatch.setattr(rows_module, "load_dataset", spy)
+    mean_heads, best_head = rows_module.attention_scores(tiny_model, test)
     assert loads == [("synthetic", "test", 16)]
     assert 0.0 <= mean_heads <= 1.0 and 0.0 <= best_head <= 1.0
 
@@ -138,7 +140,7 @@ def test_models_of_two_shapes_get_a_random_init_baseline_each_named_by_its_shape
     dropping = LoadedModel(create_backbone(dropping_config), dropping_config, name="dropping", metadata={},
                            weights_hash="dropping-test-weights")
     data = load_dataset("synthetic:32", "train", image_size=16)
-    rows = evaluate_module.evaluate_all([tiny_model, deeper, dropping], data, data, k=5, cache_dir=tmp_path)
+    rows = rows_module.evaluate_all([tiny_model, deeper, dropping], data, data, k=5, cache_dir=tmp_path)
     names = [row["model"] for row in rows]
     assert names[:4] == ["tiny", "deeper", "dropping", "raw pixels"] and len(names) == 6
     assert f"{TINY.depth} blocks" in names[4] and f"{TINY.depth + 1} blocks" in names[5]

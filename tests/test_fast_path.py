@@ -3,10 +3,9 @@ and the same update direction as the plain fp32 path with timm's fused attention
 
 import pytest
 
-from dinotwins.trainer import Trainer
+from dinotwins.objectives import METHODS
+from dinotwins.training.trainer import Trainer
 from tests.conftest import smoke_config
-
-METHODS = ("dino", "barlow", "hybrid")
 
 
 def first_step(tmp_path, method: str, precision: str, attention: str) -> dict:

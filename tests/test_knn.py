@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from dinotwins.knn import knn_classify, knn_scores, knn_vote, topk_accuracy
+from dinotwins.evaluation.knn import knn_classify, knn_scores, knn_vote, topk_accuracy
 
 # Four labeled vectors at angles 0, ~37, ~53 and 90 degrees (scaled by 3: the search must L2-normalize).
 TRAIN = 3 * np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)

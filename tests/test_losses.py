@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from dinotwins.losses import (barlow_twins_loss, cross_correlation, dino_cross_entropy_sum, dino_loss, dino_pair_count,
-                              dino_teacher_probs, hybrid_loss)
+from dinotwins.objectives.losses import (barlow_twins_loss, cross_correlation, dino_cross_entropy_sum, dino_loss,
+                                         dino_pair_count, dino_teacher_probs, hybrid_loss)
 
 
 def reference_dino(student_out, teacher_out, center, student_temp, teacher_temp):

@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -9,12 +10,23 @@ import torch
 from safetensors.torch import save_file
 
 from dinotwins import load_model
-from dinotwins.backbone import ModelConfig, create_backbone, last_layer_attention
+from dinotwins.models.backbone import create_backbone
+from dinotwins.models.maps import cls_attention
+from dinotwins.models.config import ModelConfig
 from dinotwins.errors import UserError
-from dinotwins.losses import dino_loss
-from dinotwins.objectives import BarlowConfig, DinoConfig, HybridConfig, SelfSupervised
+from dinotwins.config import build_config, merge
+from dinotwins.objectives import METHODS, build_objective
+from dinotwins.objectives.losses import dino_loss
 
 TINY = ModelConfig(embed_dim=24, depth=2, num_heads=3, image_size=16, patch_size=4, drop_path_rate=0.0)
+TINY_RUN = {"model": dataclasses.asdict(TINY), "augment": {"global_size": 16, "local_size": 8},
+            "dino": {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}, "barlow": {"proj_dims": [16, 16]}}
+TEMP = {"teacher_temp": 0.04}  # the step values compute_gradients reads (DINO's teacher temperature)
+
+
+def build(method: str, **settings):
+    """A tiny objective of `method`, built from a run's config as the trainer builds it."""
+    return build_objective(build_config(merge({"method": method, **TINY_RUN}, settings)))
 
 
 def test_backbone_takes_global_and_local_crop_sizes():
@@ -27,7 +39,7 @@ def test_attention_maps_are_softmax_weights_matching_an_explicit_attention_pass(
     torch.manual_seed(0)
     model = create_backbone(TINY).eval()
     x = torch.randn(2, 3, 16, 16)
-    maps = last_layer_attention(model, x)
+    maps = cls_attention(model, x)
     assert maps.shape == (2, 3, 4, 4)
     assert torch.all(maps >= 0) and torch.all(maps.sum(dim=(-2, -1)) <= 1 + 1e-5)
     # Reference: turn fused attention off and read the weights timm computes itself.
@@ -42,18 +54,17 @@ def test_attention_maps_are_softmax_weights_matching_an_explicit_attention_pass(
 
 def test_attention_extraction_leaves_training_on_fused_attention():
     model = create_backbone(TINY)
-    last_layer_attention(model, torch.randn(1, 3, 16, 16))
+    cls_attention(model, torch.randn(1, 3, 16, 16), layer=0)
     assert all(block.attn.fused_attn for block in model.blocks)
 
 
-@pytest.mark.parametrize("method", ["dino", "barlow", "hybrid"])
+@pytest.mark.parametrize("method", METHODS)
 def test_every_student_parameter_gets_a_gradient_and_the_teacher_none(method):
     torch.manual_seed(0)
-    ssl = SelfSupervised(method, TINY, DinoConfig(out_dim=32, hidden_dim=16, bottleneck_dim=8),
-                         BarlowConfig(proj_dims=(16, 16)), HybridConfig())
+    ssl = build(method)
     views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
     local = [torch.randn(4, 3, 8, 8) for _ in range(2)]
-    loss, logs = ssl.compute_gradients(ssl.student, views, local, teacher_temp=0.04)
+    loss, logs = ssl.compute_gradients(ssl.student, views, local, TEMP)
     for name, p in ssl.student.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     if ssl.teacher is not None:
@@ -64,15 +75,31 @@ def test_every_student_parameter_gets_a_gradient_and_the_teacher_none(method):
 
 
 def test_hybrid_with_zero_barlow_weight_is_exactly_dino():
+    """The hybrid at w_barlow = 0 against a real DINO objective with the same weights: the same loss, signals and
+    gradients in every shared parameter, bit for bit."""
     torch.manual_seed(0)
-    dino_cfg, barlow_cfg = DinoConfig(out_dim=32, hidden_dim=16, bottleneck_dim=8), BarlowConfig(proj_dims=(16, 16))
-    hybrid = SelfSupervised("hybrid", TINY, dino_cfg, barlow_cfg, HybridConfig(w_dino=1.0, w_barlow=0.0))
+    hybrid = build("hybrid", hybrid={"w_dino": 1.0, "w_barlow": 0.0})
+    dino = build("dino")
+    dino.load_state_dict({k: v for k, v in hybrid.state_dict().items() if not k.startswith("student.projector.")})
     views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
-    loss, logs = hybrid.compute_gradients(hybrid.student, views, [], teacher_temp=0.04)
-    assert loss.item() == pytest.approx(logs["loss_dino"], rel=1e-6)
-    hybrid2 = SelfSupervised("hybrid", TINY, dino_cfg, barlow_cfg, HybridConfig(w_dino=0.0, w_barlow=1.0))
-    loss2, logs2 = hybrid2.compute_gradients(hybrid2.student, views, [], teacher_temp=0.04)
-    assert loss2.item() == pytest.approx(logs2["loss_barlow"] / 16, rel=1e-6)
+    local = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    hybrid_loss, hybrid_logs = hybrid.compute_gradients(hybrid.student, views, local, TEMP)
+    dino_loss_value, dino_logs = dino.compute_gradients(dino.student, views, local, TEMP)
+    assert torch.equal(hybrid_loss, dino_loss_value) and hybrid_logs["loss_dino"] == dino_loss_value.item()
+    for key in ("teacher_entropy", "kl_teacher_student", "embed_std"):
+        assert hybrid_logs[key] == dino_logs[key], key
+    hybrid_grads = dict(hybrid.student.named_parameters())
+    for name, p in dino.student.named_parameters():
+        assert torch.equal(hybrid_grads[name].grad, p.grad), name
+    torch.testing.assert_close(hybrid.center.center, dino.center.center, rtol=0, atol=0)
+
+
+def test_hybrid_with_zero_dino_weight_is_its_barlow_term_over_d():
+    torch.manual_seed(0)
+    hybrid = build("hybrid", hybrid={"w_dino": 0.0, "w_barlow": 1.0})
+    views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    loss, logs = hybrid.compute_gradients(hybrid.student, views, [], TEMP)
+    assert loss.item() == pytest.approx(logs["loss_barlow"] / 16, rel=1e-6)
 
 
 def test_load_model_on_run_dirs_and_exports(smoke_runs):
@@ -162,21 +189,19 @@ def _pil(w, h):
 
 
 @pytest.mark.parametrize("ddp_order", [False, True], ids=["global-first", "local-first-as-under-ddp"])
-@pytest.mark.parametrize("method", ["dino", "barlow", "hybrid"])
+@pytest.mark.parametrize("method", METHODS)
 def test_one_backward_per_resolution_gives_the_gradients_of_one_backward_of_the_sum(method, ddp_order):
     torch.manual_seed(0)
-    with_drop_path = ModelConfig(**{**TINY.__dict__, "drop_path_rate": 0.2})  # same draws in both modes
-    ssl = SelfSupervised(method, with_drop_path, DinoConfig(out_dim=32, hidden_dim=16, bottleneck_dim=8),
-                         BarlowConfig(proj_dims=(16, 16)), HybridConfig())
+    ssl = build(method, model={"drop_path_rate": 0.2})  # the same drop-path draws in both modes
     twin = copy.deepcopy(ssl)
     views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
     local = [torch.randn(4, 3, 8, 8) for _ in range(3)]
     torch.manual_seed(1)
     no_sync = contextlib.nullcontext if ddp_order else None
-    split_loss, split_logs = ssl.compute_gradients(ssl.student, views, local, teacher_temp=0.04, no_sync=no_sync)
+    split_loss, split_logs = ssl.compute_gradients(ssl.student, views, local, TEMP, no_sync=no_sync)
     torch.manual_seed(1)
-    joint_loss, joint_logs = twin.compute_gradients(twin.student, views, local, teacher_temp=0.04,
-                                                    no_sync=no_sync, per_resolution=False)
+    joint_loss, joint_logs = twin.compute_gradients(twin.student, views, local, TEMP, no_sync=no_sync,
+                                                    per_resolution=False)
     assert split_loss.item() == pytest.approx(joint_loss.item(), rel=1e-6)
     assert split_logs == pytest.approx(joint_logs, rel=1e-6)
     for (name, p), q in zip(ssl.student.named_parameters(), twin.student.parameters()):
@@ -185,26 +210,25 @@ def test_one_backward_per_resolution_gives_the_gradients_of_one_backward_of_the_
 
 def test_the_dino_loss_split_by_resolution_is_the_dino_loss_of_all_crops():
     torch.manual_seed(0)
-    ssl = SelfSupervised("dino", TINY, DinoConfig(out_dim=32, hidden_dim=16, bottleneck_dim=8),
-                         BarlowConfig(proj_dims=(16, 16)), HybridConfig())
+    ssl = build("dino")
     ssl.student.eval()  # no drop-path draws, so the two forwards below see the same network
     views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
     local = [torch.randn(4, 3, 8, 8) for _ in range(3)]
     center = ssl.center.center.clone()
     with torch.no_grad():
-        teacher = list(ssl.teacher(views)["dino"].chunk(2))
-        student = list(ssl.student(views)["dino"].chunk(2)) + list(ssl.student(local)["dino"].chunk(3))
+        teacher = list(ssl.teacher(views)["dino_head"].chunk(2))
+        student = list(ssl.student(views)["dino_head"].chunk(2)) + list(ssl.student(local)["dino_head"].chunk(3))
     expected = dino_loss(student, teacher, center, ssl.dino_cfg.student_temp, 0.04)
-    loss, _ = ssl.compute_gradients(ssl.student, views, local, teacher_temp=0.04)
+    loss, _ = ssl.compute_gradients(ssl.student, views, local, TEMP)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_the_barlow_projector_normalizes_each_view_on_its_own_batch_statistics():
     torch.manual_seed(0)
-    ssl = SelfSupervised("barlow", TINY, DinoConfig(), BarlowConfig(proj_dims=(16, 16)), HybridConfig())
+    ssl = build("barlow")
     a, b, c = (torch.randn(4, 3, 16, 16) for _ in range(3))
     with torch.no_grad():
-        with_b = ssl.student([a, b])["barlow"][:4]
-        with_c = ssl.student([a, 3 * c + 1])["barlow"][:4]
+        with_b = ssl.student([a, b])["projector"][:4]
+        with_c = ssl.student([a, 3 * c + 1])["projector"][:4]
     # BatchNorm over both views at once would let the second view's statistics change the first view's output.
     torch.testing.assert_close(with_b, with_c)

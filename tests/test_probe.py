@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dinotwins.errors import UserError
-from dinotwins.probe import label_fraction_split, linear_probe
+from dinotwins.evaluation.probe import label_fraction_split, linear_probe
 
 LABELS = np.repeat([0, 1, 2], [100, 50, 7])
 

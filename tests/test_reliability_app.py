@@ -6,7 +6,6 @@ for files outside the app's own assets. The images tests in test_app_images.py c
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.client
 import io
 import json
@@ -34,6 +33,8 @@ from app.images import MAX_SIDE, load_image
 from app.models import ModelCache
 from app.ui import build_app
 from dinotwins.errors import UserError
+from dinotwins.evaluation import features
+from dinotwins.files import read_verified, write_with_checksum
 from tests.conftest import launched
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,11 +334,12 @@ def test_corrupted_and_stale_cached_embeddings_and_indexes_are_rebuilt_never_ser
     want = first.embeddings(0).copy()
     _, want_ids = first.index(0).search(want[:5], 4)
     key = first.key(0)
-    embeddings, index = cache.path(key, "embeddings.npy"), cache.path(key, "index.faiss")
+    (embeddings,) = (tmp_path / "features").glob("*.npy")  # the evaluation's feature cache, under the app's
+    index = cache.path(key, "index.faiss")
 
     computed = []
-    real = Explorer._compute_embeddings
-    monkeypatch.setattr(Explorer, "_compute_embeddings", lambda self, i, p: computed.append(i) or real(self, i, p))
+    real = features.compute_features
+    monkeypatch.setattr(features, "compute_features", lambda *a, **k: computed.append(1) or real(*a, **k))
 
     def fresh():
         return Explorer(entries, gallery, cache)
@@ -350,16 +352,17 @@ def test_corrupted_and_stale_cached_embeddings_and_indexes_are_rebuilt_never_ser
     embeddings.write_bytes(bytes(data))
     index.write_bytes(b"\0" * 100)
     again = fresh()
-    assert np.array_equal(again.embeddings(0), want) and computed == [0]
+    assert np.array_equal(again.embeddings(0), want) and computed == [1]
     _, ids = again.index(0).search(want[:5], 4)
     assert np.array_equal(ids, want_ids)
-    assert hashlib.sha256(embeddings.read_bytes()).hexdigest() == \
-        embeddings.with_name("embeddings.npy.sha256").read_text().strip()  # rewritten whole
-    # Truncated (a crash mid-write by an older version) and stale (another gallery size under this key).
+    assert read_verified(embeddings) is not None and read_verified(index) is not None  # rewritten whole
+    # Truncated (a crash mid-write by an older version) and stale (another gallery's shape under this name).
     embeddings.write_bytes(embeddings.read_bytes()[:200])
-    assert np.array_equal(fresh().embeddings(0), want) and computed == [0, 0]
-    cache.save_array(key, "embeddings.npy", want[:10])
-    assert np.array_equal(fresh().embeddings(0), want) and computed == [0, 0, 0]
+    assert np.array_equal(fresh().embeddings(0), want) and computed == [1, 1]
+    buffer = io.BytesIO()
+    np.save(buffer, want[:10])
+    write_with_checksum(embeddings, buffer.getvalue())
+    assert np.array_equal(fresh().embeddings(0), want) and computed == [1, 1, 1]
     # Another model's weights never share an entry.
     assert Explorer(entries, gallery, cache).key(1) != key
 

@@ -20,14 +20,19 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from dinotwins import heads, load_model, objectives
-from dinotwins.backbone import ModelConfig, create_backbone
-from dinotwins.checkpoint import latest_good, list_checkpoints, load_state, save_checkpoint, sha256_file, verify
-from dinotwins.cli import main as train_main
-from dinotwins.collapse import CollapseMonitor
+from dinotwins import load_model
+from dinotwins.models.backbone import create_backbone
+from dinotwins.models.config import ModelConfig
+from dinotwins.objectives import base, dino
+from dinotwins.objectives.barlow import barlow_collapse_signs
+from dinotwins.objectives.dino import dino_collapse_signs
+from dinotwins.training.checkpoint import latest_good, list_checkpoints, load_state, save_checkpoint
+from dinotwins.training.cli import main as train_main
+from dinotwins.training.collapse import CollapseMonitor
 from dinotwins.config import build_config, merge, read_yaml
 from dinotwins.errors import TrainingStopped, UserError
-from dinotwins.trainer import CHECKPOINT_DIR, Trainer
+from dinotwins.files import checksum_problem, sha256_file
+from dinotwins.training.trainer import CHECKPOINT_DIR, Trainer
 from tests.conftest import smoke_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +91,7 @@ def plant(folder: Path, step: int, payload_bytes: bytes) -> Path:
     path.write_bytes(payload_bytes)
     path.with_name(path.name + ".sha256").write_text(json.dumps({"size": len(payload_bytes),
                                                                   "sha256": sha256_file(path)}))
-    assert verify(path) is None
+    assert checksum_problem(path) is None
     return path
 
 
@@ -223,7 +228,8 @@ def test_checkpoints_are_written_through_a_same_folder_temporary_fsynced_and_rep
     src, dst = replaces[0][1:]
     assert dst == path and src.parent == path.parent and src.name.startswith(".") and src != dst
     assert [c[0] for c in calls].index("fsync") < calls.index(replaces[0])  # data on disk before the rename
-    assert verify(path) is None and sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".sha256"]
+    assert checksum_problem(path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".sha256"]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupted", "record missing"])
@@ -249,7 +255,7 @@ def test_a_damaged_newest_checkpoint_is_named_skipped_and_kept(smoke_runs, tmp_p
     trainer.run()
     assert_bitwise_equal(exported(smoke_runs["dino"] / "model.safetensors"), exported(run / "model.safetensors"))
     assert [r["step"] for r in metric_rows(run)] == [1, 2, 3, 4]
-    assert verify(newest) is None and verify(folder / "step_00000002.pt") is None
+    assert checksum_problem(newest) is None and checksum_problem(folder / "step_00000002.pt") is None
 
 
 def test_resume_with_no_good_checkpoint_is_a_clear_error_and_deletes_nothing(smoke_runs, tmp_path):
@@ -290,11 +296,11 @@ def test_a_non_finite_gradient_stops_before_the_update(tmp_path):
     trainer.train_step(trainer.batch(0), 0)
     # Student, teacher and optimizer (the DINO center is an EMA of the forward pass, not part of the update;
     # nothing in memory is saved after a stop anyway).
-    weights = lambda: {k: v.clone() for k, v in trainer.ssl.state_dict().items() if not k.startswith("center.")}
+    weights = lambda: {k: v.clone() for k, v in trainer.objective.state_dict().items() if not k.startswith("center.")}
     before_modules = weights()
     before_optim = {k: v.clone() for k, v in flat(trainer.optimizer.state_dict()).items()
                     if isinstance(v, torch.Tensor)}
-    trainer.ssl.student.backbone.patch_embed.proj.weight.register_hook(lambda g: g * float("inf"))
+    trainer.objective.student.backbone.patch_embed.proj.weight.register_hook(lambda g: g * float("inf"))
     with pytest.raises(TrainingStopped, match=r"gradient norm is (nan|inf) at step 1; stopped before the update"):
         trainer.train_step(trainer.batch(1), 1)
     assert_bitwise_equal(before_modules, weights())
@@ -316,7 +322,8 @@ HEALTHY = {"step": 100, "loss": 4.0, "loss_dino": 4.0, "teacher_entropy": 3.0, "
     ({"barlow_diag_rms_error": 1.0}, "Barlow cross-correlation diagonal"),
 ])
 def test_each_collapse_signal_fires_alone_and_only_after_patience(change, needle):
-    monitor = CollapseMonitor(out_dim=256, embed_dim=64, warmup_steps=10, patience=3)
+    monitor = CollapseMonitor(64, lambda row: dino_collapse_signs(row, 256) | barlow_collapse_signs(row),
+                              warmup_steps=10, patience=3)
     assert monitor.reasons(HEALTHY) == set()
     bad = {**HEALTHY, **change}
     assert [r for r in monitor.reasons(bad)] and all(needle in r for r in monitor.reasons(bad))
@@ -329,11 +336,11 @@ def test_each_collapse_signal_fires_alone_and_only_after_patience(change, needle
 def force_collapse(monkeypatch, uniform_prototypes: bool) -> None:
     """Constant embeddings (every image maps to the same point, gradients still flow) and optionally all-zero
     DINO logits (uniform teacher and student)."""
-    real_embed = objectives.embed
-    monkeypatch.setattr(objectives, "embed", lambda backbone, x: real_embed(backbone, x) * 0.0 + 1.0)
+    real_embed = base.embed
+    monkeypatch.setattr(base, "embed", lambda backbone, x: real_embed(backbone, x) * 0.0 + 1.0)
     if uniform_prototypes:
-        real_forward = heads.DINOHead.forward
-        monkeypatch.setattr(heads.DINOHead, "forward", lambda self, x: real_forward(self, x) * 0.0)
+        real_forward = dino.DINOHead.forward
+        monkeypatch.setattr(dino.DINOHead, "forward", lambda self, x: real_forward(self, x) * 0.0)
 
 
 @pytest.mark.parametrize("method,uniform,expected", [
@@ -364,7 +371,7 @@ def test_stop_on_collapse_exits_3_and_keeps_the_checkpoints(monkeypatch, tmp_pat
     assert rc == 3
     assert err.startswith("stopped: collapse at step 5: ") and "embedding std" in err and "--stop-on-collapse" in err
     assert [int(p.name[5:13]) for p in list_checkpoints(out / CHECKPOINT_DIR)] == [4, 2]
-    assert all(verify(p) is None for p in list_checkpoints(out / CHECKPOINT_DIR))
+    assert all(checksum_problem(p) is None for p in list_checkpoints(out / CHECKPOINT_DIR))
     assert not (out / CHECKPOINT_DIR / "step_00000006.pt").exists()
 
 
@@ -431,7 +438,7 @@ def test_resume_refuses_a_checkpoint_with_nan_weights_and_falls_back(smoke_runs,
     with pytest.warns(UserWarning, match=rf"step_00000004\.pt: .*NaN or inf.*{key}"):
         trainer = Trainer(run_config(run), run, resume=True, progress=False)
     assert trainer.step == 2
-    assert all(torch.isfinite(v).all() for v in trainer.ssl.state_dict().values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in trainer.objective.state_dict().values() if v.is_floating_point())
 
 
 def test_load_model_refuses_nan_and_wrong_shapes_in_pth_files(tmp_path):

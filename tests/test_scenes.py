@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dinotwins import scenes
+from dinotwins.data import scenes
 from dinotwins.data import load_dataset
 from dinotwins.errors import UserError
 
@@ -98,7 +98,7 @@ def test_a_category_with_too_few_objects_is_a_user_error(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_train_without_the_stamps_package_fails_in_one_line_and_writes_nothing(tmp_path):
-    script = ("import sys; import dinotwins.scenes as s; from pathlib import Path; s.STAMPS_DIR = Path(sys.argv[1]); "
+    script = ("import sys; import dinotwins.data.scenes as s; from pathlib import Path; s.STAMPS_DIR = Path(sys.argv[1]); "
               "sys.argv = ['train.py'] + sys.argv[2:]; import runpy; runpy.run_path('train.py', run_name='__main__')")
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "absent"), "--method", "dino",

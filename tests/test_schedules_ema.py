@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from dinotwins.ema import Center, ema_update
-from dinotwins.schedules import cosine, linear_warmup, scaled_lr
-from dinotwins.trainer import Trainer
+from dinotwins.objectives.dino import Center
+from dinotwins.training.ema import ema_update
+from dinotwins.training.schedules import cosine, linear_warmup, scaled_lr
+from dinotwins.training.trainer import Trainer
 from tests.conftest import smoke_config
 
 
@@ -79,8 +80,8 @@ def test_dino_last_layer_stays_frozen_for_a_tenth_of_a_short_run_then_learns(tmp
     """freeze_last_layer_epochs is clipped to a tenth of the run: 1 epoch of a 20-step run freezes 2 steps."""
     cfg = smoke_config("dino", epochs=10, max_steps=20, dino={"freeze_last_layer_epochs": 1000.0})
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    assert trainer.freeze_last_layer_steps() == 2
-    last_layer = trainer.ssl.student.dino_head.last_layer
+    assert trainer.objective.freeze_last_layer_steps(trainer.length) == 2
+    last_layer = trainer.objective.student.dino_head.last_layer
     changed = []
     for step in range(3):
         before = last_layer.detach().clone()

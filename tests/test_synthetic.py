@@ -5,7 +5,7 @@ import torch
 
 from dinotwins.data import load_dataset
 from dinotwins.errors import UserError
-from dinotwins.synthetic import CLASSES, make_synthetic
+from dinotwins.data.synthetic import CLASSES, make_synthetic
 
 
 def test_same_call_twice_gives_identical_tensors():

@@ -11,6 +11,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
+from dinotwins.objectives import METHODS
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def test_torchrun_ranks_hold_the_same_weights_after_one_backward_per_crop_resolu
 
 
 def test_set_reads_exponent_numbers_that_yaml_leaves_as_strings():
-    from dinotwins.cli import build_parser, resolve_config
+    from dinotwins.training.cli import build_parser, resolve_config
     from dinotwins.config import build_config
 
     args = build_parser().parse_args(["--method", "dino", "--data", "synthetic", "--out", "x",
@@ -124,11 +125,44 @@ def test_set_reads_exponent_numbers_that_yaml_leaves_as_strings():
     assert cfg.optim.base_lr == 1e-3 and cfg.optim.min_lr == 2e-6
 
 
-@pytest.mark.parametrize("preset", ["default", "demo", "cpu", "smoke"])
-@pytest.mark.parametrize("method", ["dino", "barlow", "hybrid"])
+@pytest.mark.parametrize("preset", ["default", "demo", "cpu", "smoke", "scenes", "bench"])
+@pytest.mark.parametrize("method", METHODS)
 def test_every_shipped_preset_resolves_to_a_valid_config(preset, method):
     from dinotwins.config import available_presets, build_config, load_preset, merge
 
     assert preset in available_presets()
     cfg = build_config(merge(load_preset(preset), {"method": method}))
     assert cfg.augment.global_size == cfg.model.image_size and cfg.method == method
+
+
+# ------------------------------------------------------------------------------------------------- no torch to say no
+TRAIN_PY_UNDER_WATCH = """import runpy, sys
+sys.argv = ["train.py", *sys.argv[1:]]
+try:
+    runpy.run_path("train.py", run_name="__main__")
+except SystemExit as stop:
+    print("exit", stop.code)
+print("heavy:", *sorted(m for m in ("torch", "timm") if m in sys.modules))
+"""
+
+
+def test_the_config_and_the_registries_import_no_torch():
+    code = ("import sys, dinotwins, dinotwins.config, dinotwins.cli, dinotwins.data, dinotwins.objectives, "
+            "dinotwins.training.cli; print(*sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("args,code", [
+    (["--help"], 0),
+    (["--method", "mae", "--data", "synthetic", "--out", "x"], 2),
+    (["--method", "dino", "--data", "synthetic", "--out", "x", "--bogus"], 2),
+    (["--method", "dino", "--data", "synthetic", "--out", "x", "--batch-size", "1"], 2),
+    (["--method", "dino", "--data", "synthetic", "--out", "x", "--preset", "huge"], 2),
+])
+def test_help_and_a_bad_flag_import_no_torch(tmp_path, args, code):
+    r = subprocess.run([sys.executable, "-c", TRAIN_PY_UNDER_WATCH, *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.stdout.strip().splitlines()[-2:] == [f"exit {code}", "heavy:"], r.stdout + r.stderr
+    if code:
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr

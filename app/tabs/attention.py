@@ -27,7 +27,7 @@ from app.images import read_query
 from app.models import ModelEntry
 from app.tabs import rollout
 from app.tabs.base import TabContext, gradio_errors
-from dinotwins.attention_masks import mass_threshold_mask
+from dinotwins.evaluation.attention_masks import mass_threshold_mask
 from dinotwins.errors import UserError
 
 TITLE, ID = "Attention", "attention"

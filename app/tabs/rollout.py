@@ -18,7 +18,7 @@ from PIL import Image
 from app import render
 from app.images import read_query
 from app.tabs.base import TabContext, gradio_errors
-from dinotwins.attention_masks import mass_threshold_mask
+from dinotwins.evaluation.attention_masks import mass_threshold_mask
 from dinotwins.errors import UserError
 
 HEAD_FUSIONS = ("mean", "max", "min")

@@ -25,7 +25,7 @@ from plotly.subplots import make_subplots
 from app import exports
 from app.models import ModelEntry
 from app.tabs.base import TabContext
-from dinotwins.runlog import read_metrics
+from dinotwins.training.runlog import read_metrics
 
 TITLE, ID = "Runs", "runs"
 COLOURS = qualitative.D3

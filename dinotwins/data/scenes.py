@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from dinotwins.data.dataset import ImageDataset
 from dinotwins.errors import UserError
 
 STAMPS_DIR = Path("/usr/share/tuxpaint/stamps")
@@ -90,8 +91,8 @@ class SceneSources:
     background_files: tuple[str, ...]
 
 
-def load_scenes(arg: str, split: str, size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(images uint8 (N, 3, S, S), labels int64 (N,), masks bool (N, S, S)) of `scenes[:N]`'s split."""
+def load(spec: str, arg: str, split: str, size: int) -> ImageDataset:
+    """`scenes[:N]`'s split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S)."""
     try:
         n_train = int(arg) if arg else TRAIN_SIZE
     except ValueError:
@@ -101,7 +102,8 @@ def load_scenes(arg: str, split: str, size: int) -> tuple[Tensor, Tensor, Tensor
     if size < MIN_SIZE:
         raise UserError(f"scenes images need at least {MIN_SIZE} px, got {size}; raise the image size")
     n = n_train if split == "train" else TEST_SIZE
-    return render_scenes(scene_sources(split), n, size, SEEDS[split])
+    images, labels, masks = render_scenes(scene_sources(split), n, size, SEEDS[split])
+    return ImageDataset(spec, images, labels, list(CLASSES), masks=masks, split=split, storage_size=size)
 
 
 def render_scenes(sources: SceneSources, n: int, size: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -5,7 +5,7 @@ mass: sort descending, cumulative sum, keep until the mass is reached (DINO's `v
 threshold, 0.6 by default). `attention_jaccard` upsamples those patch masks to pixels (nearest) and takes the
 Jaccard index (intersection over union) with the object masks, for the mean-of-heads map and for each head.
 
-Pure tensor functions; the model call that produces the maps lives in evaluate.py.
+Pure tensor functions; the model call that produces the maps lives in rows.py.
 """
 
 from __future__ import annotations

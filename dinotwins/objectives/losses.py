@@ -1,4 +1,4 @@
-"""The three objectives as pure functions.
+"""The objectives' losses as pure functions, called by the objective files (dino.py, barlow.py, hybrid.py).
 
 - `dino_loss` follows DINO (Caron et al. 2021, Algorithm 1): cross-entropy between the teacher's centered,
   sharpened softmax and the student's softmax, over every (teacher view, different student view) pair.
@@ -6,8 +6,8 @@
   views' batch-normalized embeddings, divided by the batch size, pushed to the identity.
 - `hybrid_loss` is DinoTwins (arXiv 2508.17509): a weighted sum of both.
 
-Nothing here holds state: the center, the teacher and the schedules live elsewhere. Gathering across processes
-is opt-in (`distributed=True`), so the default runs on one CPU with no process group.
+Nothing here holds state: the center, the teacher and the schedules live in the objective files. Gathering
+across processes is opt-in (`distributed=True`), so the default runs on one CPU with no process group.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ Everything is vectorized over a chunk of images (no per-pixel Python) and determ
 (n, size, seed) gives identical tensors on every call and machine. Images are made in chunks of `CHUNK`, each
 from its own generator seeded from the master seed, so memory stays bounded at large sizes.
 
-What it is not: a benchmark of anything real. It exists for tests, smoke runs and the attention-mask metric;
-`dinotwins.data` turns it into an `ImageDataset` (`--data synthetic[:N]`).
+What it is not: a benchmark of anything real. It exists for tests, smoke runs and the attention-mask metric.
+`synthetic[:N]` (`load`): N train images (default `TRAIN_SIZE`) and max(N // 4, 64) test images, made at the
+storage size; train and test use different seeds.
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dinotwins.data.dataset import ImageDataset
+from dinotwins.errors import UserError
+
 CLASSES = ("disk", "square", "triangle", "ring", "cross", "bar")
 CHUNK = 1024  # images rendered at once; part of the output's definition (changing it changes the images)
 MIN_RADIUS, MAX_RADIUS = 0.15, 0.35  # object half-size as a share of the image side
+TRAIN_SIZE = 4096
+SEEDS = {"train": 0, "test": 1}
 
 _SQRT3 = math.sqrt(3.0)
 
@@ -39,6 +45,20 @@ _SHAPES: tuple[Callable[[Tensor, Tensor], Tensor], ...] = (
     lambda u, v: ((u.abs() <= 0.3) & (v.abs() <= 0.95)) | ((v.abs() <= 0.3) & (u.abs() <= 0.95)),  # cross
     lambda u, v: (u.abs() <= 0.93) & (v.abs() <= 0.35),  # bar
 )
+
+
+def load(spec: str, arg: str, split: str, size: int) -> ImageDataset:
+    try:
+        n_train = int(arg) if arg else TRAIN_SIZE
+    except ValueError:
+        raise UserError(f"synthetic:N needs a whole number of images, got {arg!r}") from None
+    if n_train < 1:
+        raise UserError(f"synthetic:N needs at least 1 image, got {n_train}")
+    if size < 8:
+        raise UserError(f"synthetic images need at least 8 px, got {size}; raise the image size")
+    n = n_train if split == "train" else max(n_train // 4, 64)
+    images, labels, masks = make_synthetic(n, size, seed=SEEDS[split])
+    return ImageDataset(spec, images, labels, list(CLASSES), masks=masks, split=split, storage_size=size)
 
 
 def make_synthetic(n: int, size: int = 32, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:

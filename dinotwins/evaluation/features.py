@@ -10,9 +10,9 @@ fingerprint of the images themselves (their pixels and labels, or their files' p
 
 Cache files are read with `np.load(allow_pickle=False)` after their checksum is checked; a file that is
 unreadable, fails its checksum, or has the wrong shape, dtype or non-finite values is rebuilt, never served.
-Writes go to a temporary file renamed into place, data before checksum, so a crash leaves no half entry.
+Writes are atomic, data before checksum (`files.write_with_checksum`), so a crash leaves no half entry.
 
-What it is not: no k-NN, probe or scoring (knn.py, probe.py, evaluate.py).
+What it is not: no k-NN, probe or scoring (knn.py, probe.py, rows.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -30,9 +28,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dinotwins.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from dinotwins.data import ImageDataset
-from dinotwins.precision import pick_precision
+from dinotwins.data.augment import eval_transform
+from dinotwins.data.dataset import ImageDataset
+from dinotwins.files import read_verified, write_with_checksum
+from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD
+from dinotwins.training.precision import pick_precision
 
 PREPROCESSING_VERSION = 1  # bump when eval_transform or the embedding taken changes
 DEFAULT_CACHE_DIR = Path("~/.cache/dinotwins/features")
@@ -55,22 +55,28 @@ def extract_features(model, dataset: ImageDataset, *, cache_dir: str | Path | No
 
 def compute_features(model, dataset: ImageDataset, *, batch_size: int = BATCH_SIZE,
                      progress: bool = True) -> np.ndarray:
-    """float32 (N, D) embeddings, no cache; computed under bf16 autocast where the device does bf16 fast (as in
-    training: ~2.5x faster on this project's CPU, figures within bf16 rounding of fp32)."""
+    """float32 (N, D) embeddings, no cache (see `embed_batch`)."""
     mean, std = normalization_of(model)
-    dtype = feature_dtype(model)
     out = np.empty((len(dataset), model.embed_dim), dtype=np.float32)
     bar = tqdm(total=len(dataset), desc=f"features {model.name} {dataset.split}", unit="img", file=sys.stderr,
                disable=not progress, leave=False)
-    with torch.inference_mode(), bar:
+    with bar:
         for start in range(0, len(dataset), batch_size):
             indices = torch.arange(start, min(start + batch_size, len(dataset)))
             images = dataset.get_batch(indices).to(model.device)  # uint8 (B, C, S, S)
-            x = eval_transform(images, model.image_size, mean, std)  # (B, 3, size, size)
-            with torch.autocast(model.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                out[start:start + len(indices)] = model.embed(x).float().cpu().numpy()
+            out[start:start + len(indices)] = embed_batch(model, eval_transform(images, model.image_size, mean, std))
             bar.update(len(indices))
     return out
+
+
+def embed_batch(model, x: torch.Tensor) -> np.ndarray:
+    """float32 (B, D) CLS embeddings of preprocessed images x (B, 3, S, S), the one way every feature is taken
+    (the evaluation's datasets, the app's gallery and its queries): under bf16 autocast where the device does bf16
+    fast (as in training: ~2.5x faster on this project's CPU, figures within bf16 rounding of fp32)."""
+    dtype = feature_dtype(model)
+    with torch.inference_mode(), torch.autocast(model.device.type, dtype=dtype or torch.float32,
+                                                enabled=dtype is not None):
+        return model.embed(x).float().cpu().numpy()
 
 
 def raw_pixel_features(dataset: ImageDataset, batch_size: int = 4 * BATCH_SIZE) -> np.ndarray:
@@ -119,13 +125,12 @@ def dataset_fingerprint(dataset: ImageDataset) -> str:
 
 def _read_cached(path: Path, expected_shape: tuple[int, int]) -> np.ndarray | None:
     """The cached array when it exists and passes every check; else None (and a warning when it was bad)."""
-    checksum_path = path.with_name(path.name + ".sha256")
     if not path.is_file():
         return None
     try:
-        data = path.read_bytes()
-        if checksum_path.read_text().strip() != hashlib.sha256(data).hexdigest():
-            raise ValueError("checksum mismatch")
+        data = read_verified(path)
+        if data is None:
+            raise ValueError("its .sha256 record is missing or does not match")
         array = np.load(io.BytesIO(data), allow_pickle=False)
         if array.shape != expected_shape or array.dtype != np.float32:
             raise ValueError(f"holds {array.dtype} {array.shape}, expected float32 {expected_shape}")
@@ -138,21 +143,8 @@ def _read_cached(path: Path, expected_shape: tuple[int, int]) -> np.ndarray | No
 
 
 def _write_cached(path: Path, features: np.ndarray) -> None:
-    """Atomic: the .npy, then its checksum, each written to a temporary file and renamed into place."""
+    """The .npy and its checksum record, each atomic, data first (files.write_with_checksum)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.save(buffer, features, allow_pickle=False)
-    data = buffer.getvalue()
-    _atomic_write(path, data)
-    _atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_with_checksum(path, buffer.getvalue())

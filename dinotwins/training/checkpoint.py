@@ -1,7 +1,7 @@
 """Resumable training state on disk: atomic, verified, tensors only.
 
-Each save writes `checkpoints/step_XXXXXXXX.pt` through a temporary file in the same folder, fsync, then
-`os.replace`, and records its size and sha256 in `checkpoints/step_XXXXXXXX.pt.sha256`. Loading checks both and
+Each save writes `checkpoints/step_XXXXXXXX.pt` atomically with its size and sha256 recorded in
+`checkpoints/step_XXXXXXXX.pt.sha256` (`files.write_with_checksum`). Loading checks both and
 uses `torch.load(weights_only=True)`, which refuses pickled objects other than tensors and plain containers, so
 a checkpoint from a stranger cannot run code. `latest_good` walks back from the newest checkpoint to the
 newest one that verifies, loads and holds no NaN/inf, warning about each bad one; nothing is deleted except good
@@ -10,9 +10,6 @@ checkpoints beyond the `keep` newest.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -21,39 +18,15 @@ from typing import Any
 import torch
 
 from dinotwins.errors import UserError
+from dinotwins.files import checksum_problem, sidecar, write_with_checksum
 
 _NAME = re.compile(r"step_(\d{8})\.pt$")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:08d}.pt"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    record = {"size": tmp.stat().st_size, "sha256": sha256_file(tmp)}
-    os.replace(tmp, path)
-    atomic_write_bytes(path.with_name(path.name + ".sha256"), json.dumps(record).encode())
+    write_with_checksum(path, lambda tmp: torch.save(state, tmp))
     _prune(folder, keep)
     return path
 
@@ -64,21 +37,6 @@ def list_checkpoints(folder: Path) -> list[Path]:
         return []
     found = [p for p in folder.iterdir() if _NAME.match(p.name)]
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
-
-
-def verify(path: Path) -> str | None:
-    """None when `path` matches its recorded size and hash, else the reason it does not."""
-    record_path = path.with_name(path.name + ".sha256")
-    try:
-        record = json.loads(record_path.read_text())
-    except (OSError, ValueError):
-        return "its .sha256 record is missing or unreadable"
-    size = path.stat().st_size
-    if size != record.get("size"):
-        return f"size {size} bytes, expected {record.get('size')} (truncated?)"
-    if sha256_file(path) != record.get("sha256"):
-        return "sha256 mismatch (corrupted)"
-    return None
 
 
 def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -93,7 +51,7 @@ def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str
 def latest_good(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that verifies and loads, or None if there is none; bad ones are named in warnings."""
     for path in list_checkpoints(folder):
-        problem = verify(path)
+        problem = checksum_problem(path)
         if problem is None:
             try:
                 state = load_state(path, map_location)
@@ -121,20 +79,7 @@ def _first_non_finite(state: Any, prefix: str = "") -> str | None:
 
 
 def _prune(folder: Path, keep: int) -> None:
-    good = [p for p in list_checkpoints(folder) if verify(p) is None]
+    good = [p for p in list_checkpoints(folder) if checksum_problem(p) is None]
     for old in good[keep:]:
         old.unlink(missing_ok=True)
-        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
+        sidecar(old).unlink(missing_ok=True)

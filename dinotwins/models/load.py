@@ -2,7 +2,7 @@
 
 Takes a run directory, an exported `.safetensors` file, or the official DINO files (a backbone state dict
 such as `dino_deitsmall16_pretrain.pth`, or a training checkpoint with a `teacher` entry). Returns a
-`LoadedModel` with `preprocess`, `embed` and `attention`.
+`LoadedModel` with `preprocess`, `embed`, `attention` (of any block), `rollout` and `patch_tokens`.
 
 Safety: nothing is unpickled beyond tensors and plain containers (safetensors, or
 `torch.load(weights_only=True)`); weights with NaN/inf are refused; weights that don't fit the architecture
@@ -25,11 +25,12 @@ from PIL import Image
 from safetensors.torch import load as safetensors_load
 from torch import Tensor
 
-from dinotwins.backbone import ModelConfig, create_backbone, embed, last_layer_attention, patch_size_of
 from dinotwins.errors import UserError
-from dinotwins.export import IMAGENET_MEAN, IMAGENET_STD
-
-EXPORT_NAME = "model.safetensors"
+from dinotwins.data.augment import eval_transform
+from dinotwins.models import maps
+from dinotwins.models.backbone import create_backbone, embed, patch_size_of
+from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from dinotwins.models.export import EXPORT_NAME
 
 
 class LoadedModel:
@@ -50,6 +51,7 @@ class LoadedModel:
         self.patch_size = patch_size_of(backbone)
         self.embed_dim = int(backbone.num_features)
         self.num_heads = int(backbone.blocks[-1].attn.num_heads)
+        self.depth = len(backbone.blocks)
 
     def __repr__(self) -> str:
         return (f"LoadedModel({self.name!r}, dim={self.embed_dim}, heads={self.num_heads}, "
@@ -63,17 +65,13 @@ class LoadedModel:
         return max(1, round(self.image_size * scale / self.patch_size)) * self.patch_size
 
     def preprocess(self, images: list[Image.Image], size: int | None = None) -> Tensor:
-        """RGB, a square image resized straight to `size` (default: the model's training size; bicubic), the
-        model's normalization."""
+        """(B, 3, size, size) on the model's device: each image as RGB through `eval_transform`, the one
+        preprocessing of the evaluation and the app (a square resize to `size`, default the training size, bilinear
+        and antialiased when shrinking; the model's mean and std)."""
         size = size or self.image_size
-        arrays = [np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC)) for img in images]
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S)
-        return self.normalize(x)
-
-    def normalize(self, x: Tensor) -> Tensor:
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(self.device)
+        batch = [eval_transform(torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)[None], size,
+                                self.mean, self.std) for img in images]
+        return torch.cat(batch).to(self.device)
 
     @torch.inference_mode()
     def embed(self, x: Tensor) -> Tensor:
@@ -81,14 +79,29 @@ class LoadedModel:
         return embed(self.backbone, x.to(self.device, torch.float32)).float()
 
     @torch.inference_mode()
-    def attention(self, x: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, heads, H/p, W/p): last layer CLS-to-patch softmax weights per head."""
+    def attention(self, x: Tensor, layer: int = -1) -> Tensor:
+        """(B, 3, H, W) -> (B, heads, H/p, W/p): CLS-to-patch softmax weights per head of block `layer` (0-based,
+        negative from the end; default the last)."""
+        return maps.cls_attention(self.backbone, self._whole_patches(x), layer).float()
+
+    @torch.inference_mode()
+    def rollout(self, x: Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0) -> Tensor:
+        """(B, 3, H, W) -> (B, H/p, W/p): attention rollout through every block (`maps.attention_rollout`)."""
+        return maps.attention_rollout(self.backbone, self._whole_patches(x), head_fusion, discard_ratio).float()
+
+    @torch.inference_mode()
+    def patch_tokens(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, H/p, W/p, D): last-layer patch tokens after the final norm."""
+        return maps.patch_tokens(self.backbone, self._whole_patches(x)).float()
+
+    def _whole_patches(self, x: Tensor) -> Tensor:
+        """x on the device in float32, resized down to whole patches where its sides are not multiples of p."""
         x = x.to(self.device, torch.float32)
         p = self.patch_size
         if x.shape[-1] % p or x.shape[-2] % p:
             x = F.interpolate(x, size=(x.shape[-2] // p * p, x.shape[-1] // p * p), mode="bilinear",
                               align_corners=False)
-        return last_layer_attention(self.backbone, x).float()
+        return x
 
     @classmethod
     def random_like(cls, other: "LoadedModel", seed: int = 0) -> "LoadedModel":

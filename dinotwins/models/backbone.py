@@ -1,19 +1,16 @@
-"""The ViT backbone: a timm VisionTransformer plus last-layer attention extraction.
+"""The ViT backbone: a timm VisionTransformer, built for small data.
 
 What it is: `create_backbone` builds any timm ViT by name with the patch size, image size and width/depth
 overrides a small-data run needs, always with `dynamic_img_size=True` so that 32 px global crops and 16 px
-local crops pass through the same network. `last_layer_attention` returns the per-head CLS-to-patch softmax
-weights of the final block.
+local crops pass through the same network (and a model runs at a multiple of its training size, its position
+embeddings interpolated); `embed` is its CLS embedding.
 
 What it is not: no custom transformer. `set_fused_attention` only picks between timm's two code paths for the
 same maths (fused scaled-dot-product attention, which never materialises the weights, or explicit
-softmax(q k^T) v); the attention maps are recomputed from the last block's own q/k projections on demand, so
-asking for maps never slows training or changes the forward pass.
+softmax(q k^T) v); attention maps, rollout and patch tokens are read off the model in maps.py.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import timm
 import torch
@@ -21,23 +18,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from dinotwins.errors import UserError
-
-
-@dataclass
-class ModelConfig:
-    """Backbone architecture.
-
-    The default is ViT-Tiny (dim 192, depth 12, 3 heads) with 4 px patches on 32 px images: 64 patch tokens,
-    the same token count as ViT/16 at 128 px, which keeps a CPU step affordable on Fashion-MNIST/CIFAR-sized data.
-    """
-
-    arch: str = "vit_tiny_patch16_224"  # any timm VisionTransformer name
-    image_size: int = 32  # size of global crops and of inference inputs
-    patch_size: int = 4
-    embed_dim: int | None = None  # None: the arch's own width
-    depth: int | None = None  # None: the arch's own depth
-    num_heads: int | None = None  # None: the arch's own head count
-    drop_path_rate: float = 0.1  # stochastic depth, DINO's default for ViT-S
+from dinotwins.models.config import ModelConfig
 
 
 def create_backbone(cfg: ModelConfig) -> VisionTransformer:
@@ -84,32 +65,6 @@ def fused_attention_for(requested: str, device: torch.device) -> bool:
 def embed(model: VisionTransformer, x: Tensor) -> Tensor:
     """CLS token after the final norm: (B, 3, H, W) -> (B, D)."""
     return model.forward_head(model.forward_features(x), pre_logits=True)
-
-
-def last_layer_attention(model: VisionTransformer, x: Tensor) -> Tensor:
-    """Per-head CLS-to-patch attention of the last block: (B, 3, H, W) -> (B, heads, H/p, W/p).
-
-    The last block's input is captured with a forward pre-hook; its attention weights are then recomputed
-    from the block's own norm and qkv projection, softmax(q k^T * scale). The weights over all keys sum to
-    one; the returned map drops the CLS and register tokens, so it sums to slightly less than one.
-    """
-    block = model.blocks[-1]
-    captured: dict[str, Tensor] = {}
-    handle = block.register_forward_pre_hook(lambda _m, args: captured.__setitem__("x", args[0]))
-    try:
-        model.forward_features(x)
-    finally:
-        handle.remove()
-    tokens = block.norm1(captured["x"])  # (B, N, D)
-    attn = block.attn
-    batch, num_tokens, dim = tokens.shape
-    qkv = attn.qkv(tokens).reshape(batch, num_tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # (B, heads, N, head_dim)
-    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N)
-    prefix = model.num_prefix_tokens
-    cls_to_patches = weights[:, :, 0, prefix:]  # (B, heads, N - prefix)
-    grid_h, grid_w = x.shape[-2] // patch_size_of(model), x.shape[-1] // patch_size_of(model)
-    return cls_to_patches.reshape(batch, attn.num_heads, grid_h, grid_w)
 
 
 def patch_size_of(model: VisionTransformer) -> int:

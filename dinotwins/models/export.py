@@ -17,12 +17,11 @@ import torch
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from dinotwins.backbone import ModelConfig
-from dinotwins.checkpoint import atomic_write_bytes
+from dinotwins.files import atomic_write
+from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 FORMAT = "dinotwins/1"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+EXPORT_NAME = "model.safetensors"  # a run's exported weights, in its folder
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -52,5 +51,5 @@ def export_backbone(backbone: nn.Module, model_cfg: ModelConfig, path: Path, *, 
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
     }
-    atomic_write_bytes(path, safetensors_save(tensors, metadata={"dinotwins": json.dumps(info)}))
+    atomic_write(path, safetensors_save(tensors, metadata={"dinotwins": json.dumps(info)}))
     return path

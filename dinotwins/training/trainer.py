@@ -1,12 +1,14 @@
-"""The training loop: one `Trainer` for DINO, Barlow Twins and the hybrid, on CPU, one GPU or torchrun.
+"""The training loop: one `Trainer` for every registered objective, on CPU, one GPU or torchrun.
 
 What it does per step: fetch a batch by index (a pure function of seed, epoch and position), build the
-multi-crop views with a generator seeded by (seed, step, rank), set every schedule from the global step,
-forward/backward under bf16 autocast where the device does bf16 fast, refuse a non-finite loss or gradient
-before the update, clip, step, EMA-update the teacher. Because every random draw is seeded from the step,
-resuming needs only the saved modules, optimizer and step: the resumed run is the uninterrupted one.
+multi-crop views with a generator seeded by (seed, step, rank), set the lr and weight decay and the objective's own
+values from the global step, forward/backward under bf16 autocast where the device does bf16 fast, refuse a
+non-finite loss or gradient before the update, clip, let the objective act before and after the optimizer step
+(DINO: last-layer freeze, EMA teacher). Because every random draw is seeded from the step, resuming needs only the
+saved modules, optimizer and step: the resumed run is the uninterrupted one.
 
-What it is not: no data or loss maths (see data.py, augment.py, losses.py); I/O is limited to the run folder.
+What it is not: no method, data or loss maths (the objective from `dinotwins.objectives`, the data source from
+`dinotwins.data`); I/O is limited to the run folder.
 """
 
 from __future__ import annotations
@@ -24,21 +26,21 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dinotwins import distributed, schedules
-from dinotwins.augment import MultiCrop
-from dinotwins.backbone import fused_attention_for, set_fused_attention
-from dinotwins.checkpoint import latest_good, list_checkpoints, save_checkpoint
-from dinotwins.collapse import CollapseMonitor
 from dinotwins.config import TrainConfig, to_dict
-from dinotwins.data import EpochSampler, load_dataset
-from dinotwins.ema import ema_update
+from dinotwins.data import load_dataset
+from dinotwins.data.augment import MultiCrop
+from dinotwins.data.sampler import EpochSampler
 from dinotwins.errors import TrainingInterrupted, TrainingStopped, UserError
-from dinotwins.export import export_backbone
-from dinotwins.model import EXPORT_NAME
-from dinotwins.objectives import SelfSupervised
-from dinotwins.precision import pick_precision
-from dinotwins.runlog import RunLog
-from dinotwins.stop_signal import StopSignals
+from dinotwins.files import atomic_write
+from dinotwins.models.backbone import fused_attention_for, set_fused_attention
+from dinotwins.models.export import EXPORT_NAME, export_backbone
+from dinotwins.objectives import build_objective
+from dinotwins.training import distributed, schedules
+from dinotwins.training.checkpoint import latest_good, list_checkpoints, save_checkpoint
+from dinotwins.training.collapse import CollapseMonitor
+from dinotwins.training.precision import pick_precision
+from dinotwins.training.runlog import RunLog
+from dinotwins.training.stop_signal import StopSignals
 
 CHECKPOINT_DIR = "checkpoints"
 EXPORTS_DIR = "exports"  # the weights kept every `export_every` steps
@@ -74,66 +76,52 @@ class Trainer:
         self.dataset = load_dataset(cfg.data, "train", image_size=cfg.model.image_size)
         self.sampler = EpochSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.dist.rank,
                                     self.dist.world_size)
-        self.steps_per_epoch = self.sampler.batches_per_epoch
-        full = math.ceil(cfg.epochs * self.steps_per_epoch)
-        self.total_steps = min(full, cfg.max_steps) if cfg.max_steps else full
+        steps_per_epoch = self.sampler.batches_per_epoch
+        full = math.ceil(cfg.epochs * steps_per_epoch)
+        self.length = schedules.RunLength(steps_per_epoch, min(full, cfg.max_steps) if cfg.max_steps else full)
         self.images_on_device = (self.dataset.images.to(self.device)
                                  if self.dataset.images is not None else None)
 
         torch.manual_seed(cfg.seed)
-        self.ssl = SelfSupervised(cfg.method, cfg.model, cfg.dino, cfg.barlow, cfg.hybrid).to(self.device)
-        student: torch.nn.Module = self.ssl.student
+        self.objective = build_objective(cfg).to(self.device)
+        student: torch.nn.Module = self.objective.student
         if self.dist.enabled:
-            if self.device.type == "cuda":  # SyncBatchNorm is GPU-only; on CPU the projector's BN stays per rank
+            if self.device.type == "cuda":  # SyncBatchNorm is GPU-only; on CPU a head's BN stays per rank
                 student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
-                self.ssl.student = student
+                self.objective.student = student
             student = DistributedDataParallel(student, device_ids=[self.device.index] if self.device.type == "cuda"
                                               else None)
         self._ddp = student if isinstance(student, DistributedDataParallel) else None
-        set_fused_attention(self.ssl, fused_attention_for(cfg.attention, self.device))
+        set_fused_attention(self.objective, fused_attention_for(cfg.attention, self.device))
         # dynamic=False: the student is called once per crop size; each size gets its own static graph.
         self.student_runner = torch.compile(student, dynamic=False) if cfg.compile else student
-        self.teacher_runner = (torch.compile(self.ssl.teacher, dynamic=False)
-                               if cfg.compile and self.ssl.teacher is not None else self.ssl.teacher)
-        self.optimizer = torch.optim.AdamW(param_groups(self.ssl.student), lr=0.0, betas=cfg.optim.betas,
+        teacher = self.objective.teacher
+        self.teacher_runner = torch.compile(teacher, dynamic=False) if cfg.compile and teacher is not None else teacher
+        self.optimizer = torch.optim.AdamW(param_groups(self.objective.student), lr=0.0, betas=cfg.optim.betas,
                                            **({"fused": True} if self.device.type == "cuda" else {"foreach": True}))
         self.multicrop = MultiCrop(cfg.augment)
         self.log = RunLog(self.out / "metrics.jsonl")
-        self.monitor = CollapseMonitor(cfg.dino.out_dim if self.ssl.teacher is not None else None,
-                                       self.ssl.student.backbone.num_features,
-                                       warmup_steps=max(self.total_steps // 10, 1))
+        self.monitor = CollapseMonitor(self.objective.student.backbone.num_features, self.objective.collapse_signs,
+                                       warmup_steps=max(self.length.total_steps // 10, 1))
         self.step = 0
         if resume:
             self._resume()
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            atomic_write(self.out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
 
     # ----------------------------------------------------------------------------------------- schedules
     def schedule(self, step: int) -> dict[str, float]:
-        cfg = self.cfg
-        warmup = self._phase_steps(cfg.optim.warmup_epochs, at_most_one_in=10)
+        """Every value set from the step: lr and weight decay (DINO's schedules), then the objective's own."""
+        cfg, length = self.cfg, self.length
+        warmup = length.phase_steps(cfg.optim.warmup_epochs, at_most_one_in=10)
         peak_lr = schedules.scaled_lr(cfg.optim.base_lr, cfg.batch_size * self.dist.world_size)
-        temp_warmup = self._phase_steps(cfg.dino.warmup_teacher_temp_epochs, at_most_one_in=3)
         return {
-            "lr": schedules.cosine(step, self.total_steps, peak_lr, cfg.optim.min_lr, warmup),
-            "weight_decay": schedules.cosine(step, self.total_steps, cfg.optim.weight_decay,
+            "lr": schedules.cosine(step, length.total_steps, peak_lr, cfg.optim.min_lr, warmup),
+            "weight_decay": schedules.cosine(step, length.total_steps, cfg.optim.weight_decay,
                                              cfg.optim.weight_decay_end),
-            "momentum": schedules.cosine(step, self.total_steps, cfg.dino.momentum_teacher, 1.0),
-            "teacher_temp": schedules.linear_warmup(step, temp_warmup, cfg.dino.warmup_teacher_temp,
-                                                    cfg.dino.teacher_temp),
+            **self.objective.step_values(step, length),
         }
-
-    def freeze_last_layer_steps(self) -> int:
-        """Steps during which the DINO head's last layer is kept fixed: `dino.freeze_last_layer_epochs`, clipped
-        to a tenth of the run like the lr warm-up (1 of 100 epochs in the paper; unclipped, a 2-epoch run would
-        freeze it for half its length)."""
-        return self._phase_steps(self.cfg.dino.freeze_last_layer_epochs, at_most_one_in=10)
-
-    def _phase_steps(self, epochs: float, at_most_one_in: int) -> int:
-        """The steps of an opening phase given in epochs, clipped to 1/`at_most_one_in` of the run so a short run
-        keeps the phase in proportion."""
-        return min(int(epochs * self.steps_per_epoch), self.total_steps // at_most_one_in)
 
     # ----------------------------------------------------------------------------------------- one step
     def train_step(self, images: torch.Tensor, step: int) -> dict[str, float]:
@@ -147,10 +135,10 @@ class Trainer:
             group["lr"] = values["lr"]
             group["weight_decay"] = values["weight_decay"] if group["apply_wd"] else 0.0
 
-        self.ssl.student.train()
+        self.objective.student.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, logs = self.ssl.compute_gradients(
-            self.student_runner, global_views, local_views, values["teacher_temp"], distributed=self.dist.enabled,
+        loss, logs = self.objective.compute_gradients(
+            self.student_runner, global_views, local_views, values, distributed=self.dist.enabled,
             teacher=self.teacher_runner, autocast=self._autocast,
             no_sync=self._ddp.no_sync if self._ddp is not None else None,
             per_resolution=cfg.backward_per_resolution)
@@ -159,49 +147,42 @@ class Trainer:
                                   f"(last good checkpoint kept in {self.out / CHECKPOINT_DIR}). "
                                   f"Lower optim.base_lr or use precision fp32")
         max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.ssl.student.parameters(), max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.objective.student.parameters(), max_norm)
         if not torch.isfinite(grad_norm):
             raise TrainingStopped(f"gradient norm is {grad_norm.item()} at step {step}; stopped before the "
                                   f"update (last good checkpoint kept in {self.out / CHECKPOINT_DIR})")
-        if self.ssl.student.dino_head is not None and step < self.freeze_last_layer_steps():
-            self.ssl.student.dino_head.cancel_last_layer_gradients()
+        self.objective.before_optimizer_step(step, self.length)
         self.optimizer.step()
-        if self.ssl.teacher is not None:
-            ema_update(self.ssl.teacher, self._unwrapped_student_for_ema(), values["momentum"])
+        self.objective.after_optimizer_step(values)
         return {"loss": loss.item(), **values, "grad_norm": grad_norm.item(), **logs}
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
 
-    def _unwrapped_student_for_ema(self) -> torch.nn.Module:
-        # The teacher mirrors the student's backbone and DINO head, in that order; no projector.
-        student = self.ssl.student
-        return torch.nn.ModuleDict({"backbone": student.backbone, "dino_head": student.dino_head})
-
     # ----------------------------------------------------------------------------------------- the loop
     def batch(self, step: int) -> torch.Tensor:
-        epoch, position = divmod(step, self.steps_per_epoch)
+        epoch, position = divmod(step, self.length.steps_per_epoch)
         indices = self.sampler.batch_indices(epoch, position)
         if self.images_on_device is not None:
             return self.images_on_device[indices.to(self.device)]
         return self.dataset.get_batch(indices).to(self.device, non_blocking=True)
 
     def run(self) -> Path:
-        cfg = self.cfg
+        cfg, total = self.cfg, self.length.total_steps
         images_per_step = cfg.batch_size * self.dist.world_size
         last_time, last_step = time.perf_counter(), self.step
-        with tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
+        with tqdm(total=total, initial=self.step, disable=not (self.progress and self.dist.is_main),
                   desc=f"{cfg.method} on {cfg.data}", unit="step", dynamic_ncols=True) as bar, \
                 StopSignals(enabled=self.dist.world_size == 1) as stop:
-            while self.step < self.total_steps:
+            while self.step < total:
                 values = self.train_step(self.batch(self.step), self.step)
                 self.step += 1
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                if self.step % cfg.log_every == 0 or self.step == total:
                     now = time.perf_counter()
                     img_per_s = images_per_step * (self.step - last_step) / max(now - last_time, 1e-9)
                     last_time, last_step = now, self.step
-                    row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), **values,
+                    row = {"step": self.step, "epoch": round(self.step / self.length.steps_per_epoch, 4), **values,
                            "img_per_s": round(img_per_s, 2)}
                     self._log_row(row)
                     bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
@@ -210,11 +191,11 @@ class Trainer:
                 if cfg.export_every and self.step % cfg.export_every == 0:
                     self.export(self.out / EXPORTS_DIR / f"step_{self.step:08d}.safetensors")
                 signum = stop.requested  # read once: a signal may land between the save and the stop
-                if (self.step % cfg.save_every == 0 or signum) and self.step < self.total_steps:
+                if (self.step % cfg.save_every == 0 or signum) and self.step < total:
                     self.save()
-                if signum and self.step < self.total_steps:
+                if signum and self.step < total:
                     raise TrainingInterrupted(f"{signal.Signals(signum).name} at step {self.step} of "
-                                              f"{self.total_steps}: saved a checkpoint of it; resume with --resume",
+                                              f"{total}: saved a checkpoint of it; resume with --resume",
                                               signum)
             self.save()  # the last checkpoint and the final model.safetensors
         return self.out
@@ -231,7 +212,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- state I/O
     def state(self) -> dict[str, Any]:
-        return {"step": torch.tensor(self.step), "modules": self.ssl.state_dict(),
+        return {"step": torch.tensor(self.step), "modules": self.objective.state_dict(),
                 "optimizer": self.optimizer.state_dict()}
 
     def save(self) -> None:
@@ -245,10 +226,11 @@ class Trainer:
         if self.dist.is_main:
             path = path or self.out / EXPORT_NAME
             path.parent.mkdir(parents=True, exist_ok=True)
-            export_backbone(self.ssl.export_backbone(), self.cfg.model, path,
+            export_backbone(self.objective.export_backbone(), self.cfg.model, path,
                             method=self.cfg.method, data=self.cfg.data, steps=self.step,
                             dtype=getattr(torch, self.cfg.export_dtype),
-                            extra={"total_steps": self.total_steps, "epochs": self.step / self.steps_per_epoch})
+                            extra={"total_steps": self.length.total_steps,
+                                   "epochs": self.step / self.length.steps_per_epoch})
 
     def _resume(self) -> None:
         found = latest_good(self.out / CHECKPOINT_DIR, map_location=self.device)
@@ -257,7 +239,7 @@ class Trainer:
                             f"without --resume")
         _, state = found
         try:
-            self.ssl.load_state_dict(state["modules"])
+            self.objective.load_state_dict(state["modules"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"--resume: checkpoint in {self.out} does not fit this config "

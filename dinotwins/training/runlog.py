@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dinotwins.checkpoint import atomic_write_bytes
+from dinotwins.files import atomic_write
 
 
 class RunLog:
@@ -23,7 +23,7 @@ class RunLog:
         if not self.path.exists():
             return
         kept = [line for line in _complete_rows(self.path) if json.loads(line)["step"] <= step]
-        atomic_write_bytes(self.path, "".join(kept).encode())
+        atomic_write(self.path, "".join(kept).encode())
 
     def append(self, row: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}

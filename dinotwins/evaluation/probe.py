@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from dinotwins.errors import UserError
-from dinotwins.knn import topk_accuracy
+from dinotwins.evaluation.knn import topk_accuracy
 
 C_GRID = (0.01, 0.1, 1.0)  # small: the probe is a measurement, not a tuning exercise
 MIN_PER_CLASS_FOR_GRID = 5  # below this a held-out fifth says nothing about C; C = 1 then (sklearn's default)

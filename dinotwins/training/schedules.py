@@ -1,12 +1,27 @@
 """Schedules indexed by global step (pure functions), as in DINO's `cosine_scheduler`.
 
-Every value a run changes over time (learning rate, weight decay, teacher momentum, teacher temperature) is
-a function of (step, total steps, ...), so a resumed run needs only its step to be back on every schedule.
+Every value a run changes over time (learning rate, weight decay, and the objectives' own, such as DINO's teacher
+momentum and temperature) is a function of (step, `RunLength`, ...), so a resumed run needs only its step to be
+back on every schedule.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """A run's length in steps, for schedules whose phases are given in epochs."""
+
+    steps_per_epoch: int
+    total_steps: int
+
+    def phase_steps(self, epochs: float, at_most_one_in: int) -> int:
+        """The steps of an opening phase given in epochs, clipped to 1/`at_most_one_in` of the run so a short run
+        keeps the phase in proportion."""
+        return min(int(epochs * self.steps_per_epoch), self.total_steps // at_most_one_in)
 
 
 def cosine(step: int, total_steps: int, start: float, end: float, warmup_steps: int = 0,

@@ -1,0 +1,206 @@
+"""The evaluation of frozen self-supervised ViTs, one row per model (`python -m dinotwins.evaluate`, cli.py).
+
+One row per model, plus baselines (raw pixels; a randomly initialized ViT for each distinct model shape, named by
+its blocks, width, heads, image and patch size, so models of two sizes get two random rows):
+- k-NN: the DINO paper's weighted vote (k = 20, T = 0.07) of the test split against every train label (knn.py);
+- linear probe: logistic regression on a class-balanced, seeded 10 % of the train labels, the DinoTwins paper's
+  low-label protocol (probe.py);
+- attention-mask Jaccard on `synthetic` (the only data with exact object masks): the last layer's CLS attention
+  cut at 60 % of its mass, against the object, for the mean-of-heads map and the best head (attention_masks.py).
+  When --data has masks its test split is used; otherwise (Fashion-MNIST, CIFAR-10, folders) the first
+  `MASK_IMAGES` images of synthetic's test split, generated at the model's size;
+- embedding health of the test features: effective rank and the std of L2-normalized embeddings
+  (embedding_health.py).
+
+Data: the train split is the labeled pool, the test split the queries. Both are loaded once, stored at the first
+MODEL's image size (the size `train.py` stores folder and synthetic data at; CIFAR-10 and Fashion-MNIST keep their
+native size), and resized to each model's own size by `augment.eval_transform`. The raw-pixel baseline uses the
+stored images as they are. For the attention masks of a model whose size differs from the stored one, the
+synthetic test split is generated again at that model's size. Features are cached on disk (features.py).
+
+Unlabeled data: k-NN and probe figures are null, the rest is still measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dinotwins.data import load_dataset
+from dinotwins.data.augment import eval_transform
+from dinotwins.data.dataset import ImageDataset
+from dinotwins.errors import UserError
+from dinotwins.evaluation.attention_masks import KEEP_MASS, attention_jaccard
+from dinotwins.evaluation.embedding_health import effective_rank, embedding_std
+from dinotwins.evaluation.features import (BATCH_SIZE, DEFAULT_CACHE_DIR, extract_features, normalization_of,
+                                           raw_pixel_features)
+from dinotwins.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_classify
+from dinotwins.evaluation.probe import linear_probe
+
+LABEL_FRACTION = 0.1  # the DinoTwins paper's low-label protocol
+MASK_DATA = "synthetic"  # where attention masks are scored when --data has no object masks
+MASK_IMAGES = 1024
+COLUMNS = ("model", "knn_top1", "knn_top5", "linear_top1", "linear_top5", "attn_jaccard_mean_heads",
+           "attn_jaccard_best_head", "effective_rank", "embedding_std", "num_train", "num_test")
+HEADERS = ("model", "k-NN top-1", "k-NN top-5", "linear top-1", "linear top-5", "attn J (mean)",
+           "attn J (best head)", "eff. rank", "emb. std", "train", "test")
+RAW_PIXELS = "raw pixels"
+
+
+def check_options(k: int, temperature: float, label_fraction: float) -> None:
+    """UserError naming the flag when an option is out of range."""
+    if k < 1:
+        raise UserError(f"--k must be at least 1, got {k}")
+    if not temperature > 0:
+        raise UserError(f"--temperature must be positive, got {temperature}; DINO uses 0.07")
+    if not 0.0 < label_fraction <= 1.0:
+        raise UserError(f"--label-fraction must be in (0, 1], got {label_fraction}; e.g. 0.1 for 10 %")
+
+
+def evaluate_model(model, train: ImageDataset, test: ImageDataset, *, k: int = KNN_K,
+                   temperature: float = KNN_TEMPERATURE, label_fraction: float = LABEL_FRACTION, seed: int = 0,
+                   cache_dir: str | Path | None = None, keep_mass: float = KEEP_MASS,
+                   progress: bool = False, attention_scale: float = 1.0) -> dict[str, Any]:
+    """One row (keys `COLUMNS`) for a `LoadedModel`: train = labeled pool, test = queries."""
+    check_options(k, temperature, label_fraction)
+    train_feats = extract_features(model, train, cache_dir=cache_dir, progress=progress)
+    test_feats = extract_features(model, test, cache_dir=cache_dir, progress=progress)
+    row = score_features(model.name, train_feats, train.labels, test_feats, test.labels, k=k,
+                         temperature=temperature, label_fraction=label_fraction, seed=seed)
+    row["attn_jaccard_mean_heads"], row["attn_jaccard_best_head"] = attention_scores(model, test, keep_mass,
+                                                                                      scale=attention_scale)
+    return {key: row[key] for key in COLUMNS}
+
+
+def evaluate_raw_pixels(train: ImageDataset, test: ImageDataset, *, k: int = KNN_K,
+                        temperature: float = KNN_TEMPERATURE, label_fraction: float = LABEL_FRACTION,
+                        seed: int = 0) -> dict[str, Any]:
+    """The raw-pixel baseline's row: the stored images, flattened, as features; no attention."""
+    check_options(k, temperature, label_fraction)
+    row = score_features(RAW_PIXELS, raw_pixel_features(train), train.labels, raw_pixel_features(test),
+                         test.labels, k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
+    row["attn_jaccard_mean_heads"] = row["attn_jaccard_best_head"] = None
+    return {key: row[key] for key in COLUMNS}
+
+
+def score_features(name: str, train_feats: np.ndarray, train_labels: torch.Tensor | None, test_feats: np.ndarray,
+                   test_labels: torch.Tensor | None, *, k: int, temperature: float, label_fraction: float,
+                   seed: int) -> dict[str, Any]:
+    """k-NN, linear probe and embedding health of given features (k-NN and probe None without labels)."""
+    row: dict[str, Any] = {"model": name, "num_train": len(train_feats), "num_test": len(test_feats),
+                           "knn_top1": None, "knn_top5": None, "linear_top1": None, "linear_top5": None}
+    if train_labels is not None and test_labels is not None:
+        train_y, test_y = train_labels.cpu().numpy(), test_labels.cpu().numpy()
+        row["knn_top1"], row["knn_top5"] = knn_classify(train_feats, train_y, test_feats, test_y, k=k,
+                                                        temperature=temperature)
+        row["linear_top1"], row["linear_top5"] = linear_probe(train_feats, train_y, test_feats, test_y,
+                                                              label_fraction=label_fraction, seed=seed)
+    row["effective_rank"] = effective_rank(test_feats)
+    row["embedding_std"] = embedding_std(test_feats)
+    return row
+
+
+def attention_scores(model, test: ImageDataset, keep_mass: float = KEEP_MASS, batch_size: int = BATCH_SIZE,
+                     scale: float = 1.0) -> tuple[float | None, float | None]:
+    """(Jaccard of the mean-of-heads masks, of the best head) on the test split's object masks, the model run at
+    `scale` times its training size (`LoadedModel.input_size`).
+
+    A test split without masks is replaced by the first `MASK_IMAGES` of synthetic's test split. When the stored
+    size differs from the input size, the same split is generated again at the input size (synthetic and scenes
+    render at any size) and its first len(test) images are used (any sample of the split measures the same thing).
+    """
+    size = model.input_size(scale)
+    if test.masks is None:
+        test = limit_dataset(load_dataset(MASK_DATA, "test", image_size=size), MASK_IMAGES, first=True)
+    if test.image_shape[-1] != size:
+        regenerated = load_dataset(test.name, test.split, image_size=size)
+        test = limit_dataset(regenerated, len(test), first=True)
+    mean, std = normalization_of(model)
+    maps = []
+    with torch.inference_mode():
+        for start in range(0, len(test), batch_size):
+            indices = torch.arange(start, min(start + batch_size, len(test)))
+            x = eval_transform(test.get_batch(indices).to(model.device), size, mean, std)
+            maps.append(model.attention(x).cpu())  # (B, heads, h, w)
+    mean_heads, per_head = attention_jaccard(torch.cat(maps), test.masks.cpu(), keep_mass)
+    return mean_heads, per_head.max().item()
+
+
+def limit_dataset(dataset: ImageDataset, n: int | None, seed: int = 0, *, first: bool = False) -> ImageDataset:
+    """At most n images: a seeded random subset in the original order (or the first n), masks and labels along."""
+    if n is None or n >= len(dataset):
+        return dataset
+    if first:
+        indices = torch.arange(n)
+    else:
+        indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    pick = (lambda t: None if t is None else t[indices.to(t.device)])
+    files = None if dataset.files is None else [dataset.files[i] for i in indices.tolist()]
+    return dataclasses.replace(dataset, images=pick(dataset.images), labels=pick(dataset.labels),
+                               masks=pick(dataset.masks), files=files)
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def _cell(key: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if key.startswith(("knn_", "linear_")):
+        return f"{100 * value:.1f}%"
+    if key.startswith("attn_"):
+        return f"{value:.3f}"
+    if key == "effective_rank":
+        return f"{value:.1f}"
+    if key == "embedding_std":
+        return f"{value:.4f}"
+    return str(value)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table with aligned columns."""
+    cells = [list(HEADERS)] + [[_cell(key, row[key]) for key in COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+             for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|---" + "|---:" * (len(HEADERS) - 1) + "|"]
+    lines += ["| " + " | ".join(_cell(key, row[key]) for key in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_json(rows: list[dict[str, Any]]) -> str:
+    """A JSON list of the rows; NaN becomes null (JSON has no NaN)."""
+    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
+    return json.dumps(clean, indent=2)
+
+
+def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: int = KNN_K,
+                 temperature: float = KNN_TEMPERATURE, label_fraction: float = LABEL_FRACTION, seed: int = 0,
+                 baselines: bool = True, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+                 progress: bool = False, attention_scale: float = 1.0) -> list[dict[str, Any]]:
+    """The rows of `LoadedModel`s, then (with `baselines`) raw pixels and one random-init ViT per distinct shape
+    among the models, in the models' order."""
+    from dinotwins.models.load import LoadedModel
+
+    options = dict(k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
+    models = list(models)
+    rows = [evaluate_model(m, train, test, cache_dir=cache_dir, progress=progress, attention_scale=attention_scale,
+                           **options) for m in models]
+    if baselines:
+        rows.append(evaluate_raw_pixels(train, test, **options))
+        randoms: dict[str, LoadedModel] = {}
+        for m in models:  # one per shape: settings that leave the weights alone (drop path) do not count
+            random_model = LoadedModel.random_like(m, seed=seed)
+            randoms.setdefault(random_model.name, random_model)
+        rows += [evaluate_model(m, train, test, cache_dir=cache_dir, progress=progress,
+                                attention_scale=attention_scale, **options) for m in randoms.values()]
+    return rows

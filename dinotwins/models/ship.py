@@ -1,0 +1,108 @@
+"""Package a finished run as a shipped demo model: `python -m dinotwins.ship RUN_DIR DEST --command "..."`.
+
+DEST receives the exported weights (`model.safetensors`, fp16 in the demo preset), the run's `metrics.jsonl` and
+`config.yaml`, and `eval.json`:
+- `full`: the evaluation row of the model on the data's full train/test splits (evaluation/rows.py's columns), plus the
+  two baselines on the same splits;
+- `quick_check`: the same row on a fixed, seeded subset (`QUICK_CHECK`), which tests/test_demo_models.py
+  recomputes to prove the shipped weights still give the recorded numbers;
+- `command`: the exact command that trained the run, `train_seconds`: the training time summed from the logged
+  throughput (images per logged interval / img_per_s), `steps`, `device`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from dinotwins.errors import UserError
+from dinotwins.files import atomic_write
+
+QUICK_CHECK = {"limit_train": 2000, "limit_test": 500, "seed": 0, "k": 20, "temperature": 0.07,
+               "label_fraction": 0.1}
+QUICK_CHECK_TOLERANCE = 0.01  # absolute, on accuracies and Jaccards: room for BLAS differences across machines
+FILES = ("model.safetensors", "metrics.jsonl", "config.yaml")
+
+
+def train_seconds(metrics: list[dict[str, Any]], images_per_step: int) -> float:
+    """Wall time of training, summed from each logged interval's throughput."""
+    seconds, last_step = 0.0, 0
+    for row in metrics:
+        rate = row.get("img_per_s")
+        if isinstance(rate, (int, float)) and rate > 0:
+            seconds += (row["step"] - last_step) * images_per_step / rate
+        last_step = row["step"]
+    return seconds
+
+
+def quick_check_row(model, data: str, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """The evaluation row on the fixed subset `QUICK_CHECK` of `data` (no baselines)."""
+    from dinotwins.data import load_dataset
+    from dinotwins.evaluation.rows import evaluate_model, limit_dataset
+
+    q = QUICK_CHECK
+    train = limit_dataset(load_dataset(data, "train", image_size=model.image_size), q["limit_train"], q["seed"])
+    test = limit_dataset(load_dataset(data, "test", image_size=model.image_size), q["limit_test"], q["seed"])
+    return evaluate_model(model, train, test, k=q["k"], temperature=q["temperature"],
+                          label_fraction=q["label_fraction"], seed=q["seed"], cache_dir=cache_dir)
+
+
+def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str) -> dict[str, Any]:
+    import yaml
+
+    from dinotwins.data import load_dataset
+    from dinotwins.evaluation.rows import evaluate_all
+    from dinotwins.models.load import load_model
+    from dinotwins.training.runlog import read_metrics
+
+    missing = [name for name in FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise UserError(f"{run_dir} lacks {', '.join(missing)}; ship a finished run")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    model = load_model(run_dir / "model.safetensors")
+    train, test = (load_dataset(data, split, image_size=model.image_size) for split in ("train", "test"))
+    full = evaluate_all([model], train, test)  # the model's row, then the two baselines
+    steps = int(model.metadata.get("steps") or (metrics[-1]["step"] if metrics else 0))
+    report = {
+        "command": command,
+        "device": device_note,
+        "data": data,
+        "steps": steps,  # of the exported weights (a run cut short exports its last save)
+        "total_steps": model.metadata.get("total_steps"),
+        "train_seconds": round(train_seconds([r for r in metrics if r["step"] <= steps], int(config["batch_size"])), 1),
+        "full": full[0],
+        "baselines": full[1:],
+        "quick_check": {**QUICK_CHECK, "data": data, "tolerance": QUICK_CHECK_TOLERANCE,
+                        "row": quick_check_row(model, data)},
+    }
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        shutil.copyfile(run_dir / name, dest / name)
+    atomic_write(dest / "eval.json", (json.dumps(report, indent=2) + "\n").encode())
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dinotwins.ship", description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("dest", type=Path)
+    p.add_argument("--command", required=True, help="the exact command that trained the run")
+    p.add_argument("--data", default="fashion-mnist", help="what to evaluate on (default fashion-mnist)")
+    p.add_argument("--device-note", default="", help="where it trained, e.g. '1x H100' or '2-core CPU'")
+    args = p.parse_args(argv)
+    try:
+        report = ship(args.run_dir, args.dest, args.command, args.data, args.device_note)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report["full"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

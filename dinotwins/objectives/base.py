@@ -1,0 +1,170 @@
+"""What every objective is to the trainer (`Objective`), and the student each one trains (`Student`).
+
+An objective is an `nn.Module` holding `student` (the backbone plus the objective's heads), an optional `teacher`,
+and whatever state its method keeps (DINO's center). Its state-dict keys are those attributes' (`student.backbone.*`,
+`student.dino_head.*`, `student.projector.*`, `teacher.*`, `center.*`): checkpoints depend on them. The student is a
+module of its own so the trainer can wrap it in DDP or torch.compile.
+
+The trainer drives it through these calls and never asks which method it runs:
+- `step_values(step, length)`: the method's schedules at this step (DINO: teacher momentum and temperature),
+  logged and handed back to the calls below;
+- `compute_gradients(...)`: forward and backward of the loss, returning it with the signals to log;
+- `before_optimizer_step(step, length)` (DINO: the last layer's first-epoch freeze) and
+  `after_optimizer_step(values)` (DINO: the EMA teacher update);
+- `collapse_signs(row)`: the method's collapse checks on a logged row; `export_backbone()`: the weights users get.
+
+`compute_gradients` is shared. Each crop resolution goes through the backbone in one call (all global crops batched,
+all local crops batched), as DINO's MultiCropWrapper does, and by default each resolution's part of the loss is
+backpropagated as soon as it is computed. A subclass supplies the maths in four hooks: `targets` (what the student
+is matched against this step, e.g. the teacher's outputs), `loss_parts` (its loss terms on one resolution's
+outputs), `combine` (the loss from its terms; linear in the terms, so the parts of a split add up to the loss of the
+whole) and `finish_step` (signals to log, and state updated from the step, e.g. DINO's center).
+
+What it is not: no method's maths (dino.py, barlow.py, hybrid.py, losses.py), no optimizer, lr schedule, data or
+I/O (training/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dinotwins.models.backbone import embed
+from dinotwins.training.schedules import RunLength
+
+
+class Student(nn.Module):
+    """Backbone plus heads, registered under the names the objective gives them (their state-dict prefixes).
+
+    A head is a module with `forward_views(feats (n_views B, D), n_views) -> (n_views B, ...)` and `global_only`
+    (True: it sees the global crops only, as Barlow Twins' projector)."""
+
+    def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module]):
+        super().__init__()
+        self.backbone = backbone
+        for name, head in heads.items():
+            self.add_module(name, head)
+        self.head_names = tuple(heads)
+
+    def forward(self, views: list[Tensor], is_global: bool = True) -> dict[str, Tensor]:
+        """`views`: crops of one size, batched into one backbone call -> {"feats": CLS embeddings, head name: its
+        output}."""
+        feats = embed(self.backbone, torch.cat(views))  # (n_views B, D)
+        out: dict[str, Tensor] = {"feats": feats}
+        for name in self.head_names:
+            head = getattr(self, name)
+            if is_global or not head.global_only:
+                out[name] = head.forward_views(feats, len(views))
+        return out
+
+
+class Objective(nn.Module):
+    """Base class of the registered objectives (see the module docstring)."""
+
+    config_class: type  # the dataclass of the method's config.yaml section, named like the method
+    uses_local_crops = True  # whether the student sees the local crops
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.student: Student
+        self.teacher: Student | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Objective:
+        """The objective a `TrainConfig` describes (its model and the config sections the method reads)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------- per step
+    def step_values(self, step: int, length: RunLength) -> dict[str, float]:
+        return {}
+
+    def before_optimizer_step(self, step: int, length: RunLength) -> None:
+        """Called after clipping, before the update: the place to drop or change gradients."""
+
+    def after_optimizer_step(self, values: Mapping[str, float]) -> None:
+        """Called after the update: the place to move a teacher."""
+
+    def collapse_signs(self, row: Mapping[str, float]) -> set[str]:
+        """The method's signs of collapse in one logged row (the trainer adds the embedding spread's)."""
+        return set()
+
+    def export_backbone(self) -> nn.Module:
+        """The backbone users get: the teacher's when there is one (DINO evaluates the teacher), else the student's."""
+        return (self.teacher or self.student).backbone
+
+    # ------------------------------------------------------------------------------------------- the loss
+    def targets(self, global_views: list[Tensor], n_local: int, values: Mapping[str, float], teacher: nn.Module,
+                autocast: Callable[[], AbstractContextManager]) -> Any:
+        """What the student is matched against this step (no gradient); None when it is matched against itself."""
+        return None
+
+    def loss_parts(self, out: dict[str, Tensor], n_views: int, first_view: int, is_global: bool, targets: Any,
+                   distributed: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """(loss terms, signals) of one resolution's student outputs; its views are `first_view` onwards."""
+        raise NotImplementedError
+
+    def combine(self, parts: dict[str, Tensor]) -> Tensor:
+        """The loss from its terms (over all views, or over one resolution's share of them)."""
+        raise NotImplementedError
+
+    def finish_step(self, sums: dict[str, Tensor], targets: Any) -> dict[str, float]:
+        """After the backward: signals from the whole step's terms, and state updated from its forward."""
+        return {}
+
+    def compute_gradients(self, student: nn.Module, global_views: list[Tensor], local_views: list[Tensor],
+                          values: Mapping[str, float], *, distributed: bool = False, teacher: nn.Module | None = None,
+                          autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+                          no_sync: Callable[[], AbstractContextManager] | None = None,
+                          per_resolution: bool = True) -> tuple[Tensor, dict[str, float]]:
+        """Forward and backward of the loss: leaves the gradients in the student's `.grad` (accumulated, so zero
+        them first) and returns the loss (detached) with the logged signals.
+
+        The loss is a sum of two parts: the global crops' and the local crops'. The targets carry no gradient, so
+        with `per_resolution` each part is backpropagated right after its forward: the gradients are those of one
+        backward of the sum, but only one resolution's activations are alive at a time. The global crops go
+        first, so the local crops' smaller tensors reuse the memory they freed. `per_resolution=False` does one
+        backward of the sum (the reference the tests compare with).
+
+        `student` is `self.student` or its DDP/compiled wrapper; `teacher` defaults to `self.teacher` (pass its
+        compiled wrapper to use that). `values` are this step's `step_values`. `autocast` opens the precision
+        context for each forward (backward runs outside it). `no_sync` is DDP's `no_sync`: every forward but the
+        last runs under it, so gradients are all-reduced once, in the backward after the last forward, which must
+        reach every parameter; under DDP the local crops go first and the global crops, which reach every head, last.
+        """
+        targets = self.targets(global_views, len(local_views), values,
+                               teacher if teacher is not None else self.teacher, autocast)
+        groups = [(global_views, 0, True)]  # (views, index of their first view, is_global)
+        if self.uses_local_crops and local_views:
+            groups.insert(0 if no_sync is not None else 1, (local_views, len(global_views), False))
+        logs: dict[str, float] = {}
+        sums: dict[str, Tensor] = {}  # each loss term summed over the groups
+        for index, (views, first_view, is_global) in enumerate(groups):
+            last = index == len(groups) - 1  # under DDP, the synchronized backward
+            with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+                with autocast():
+                    out = student(views, is_global=is_global)
+                    part, signals = self.loss_parts(out, len(views), first_view, is_global, targets, distributed)
+                    logs.update(signals)
+                    if is_global:
+                        logs["embed_std"] = normalized_std(out["feats"].detach())
+                if per_resolution:
+                    self.combine(part).backward()
+                    part = {name: value.detach() for name, value in part.items()}
+            for name, value in part.items():
+                sums[name] = sums[name] + value if name in sums else value
+        total = self.combine(sums)
+        if not per_resolution:
+            total.backward()
+        logs.update(self.finish_step(sums, targets))
+        return total.detach(), logs
+
+
+def normalized_std(feats: Tensor) -> float:
+    """Mean per-dimension std of L2-normalized embeddings: about 1/sqrt(D) when healthy, 0 when collapsed."""
+    return F.normalize(feats.float(), dim=-1).std(dim=0).mean().item()

@@ -1,0 +1,230 @@
+"""DINO (Caron et al. 2021): a student ViT matches a momentum teacher's centered, sharpened softmax over K prototypes.
+
+Everything DINO adds to a backbone lives here:
+- `DinoConfig`, the config.yaml section `dino`;
+- the head (sec. 3.1 and appendix): a 3-layer MLP (GELU, hidden 2048, bottleneck 256), L2 normalization, then a
+  weight-normalized linear layer to K prototypes with its norm fixed to 1; its last layer is kept frozen during the
+  first epoch, which DINO found stabilises early training (`DINOHead.cancel_last_layer_gradients`);
+- the teacher: a copy of the student's backbone and DINO head, moved by an EMA of them after every update (momentum
+  cosine from `momentum_teacher` to 1), and the `Center` it subtracts before sharpening;
+- per step: the teacher momentum, the teacher temperature (linear warm-up), the last-layer freeze;
+- the loss: the student sees all crops, the teacher the 2 global crops; cross-entropy over every (teacher view,
+  other student view) pair (`losses.dino_loss`);
+- logged signals (teacher entropy, KL(teacher || student)) and the collapse signs they show.
+
+What it is not: the loss maths (losses.py), the shared multi-crop forward and backward (base.py), the EMA update
+and the schedule shapes (training/ema.py, training/schedules.py), which it calls.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dinotwins.errors import UserError
+from dinotwins.models.backbone import create_backbone
+from dinotwins.models.config import ModelConfig
+from dinotwins.objectives.base import Objective, Student
+from dinotwins.objectives.losses import dino_cross_entropy_sum, dino_pair_count, dino_teacher_probs
+from dinotwins.training.ema import ema_update
+from dinotwins.training.schedules import RunLength, cosine, linear_warmup
+
+
+@dataclass
+class DinoConfig:
+    """DINO's recipe (Caron et al. 2021), with K reduced for small data."""
+
+    out_dim: int = 4096  # K prototypes; 65536 in the paper is for ImageNet, 4096 suits 10-class-scale data
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07  # after warm-up; 0.04 -> 0.07 over the warm-up as in the paper's ViT-S runs
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: float = 30.0  # of 100 in the paper; clipped to the run's length
+    momentum_teacher: float = 0.996  # cosine schedule from this value to 1
+    center_momentum: float = 0.9
+    freeze_last_layer_epochs: float = 1.0
+
+    def validate(self) -> None:
+        if not 0 <= self.momentum_teacher <= 1:
+            raise UserError(f"dino.momentum_teacher must be in [0, 1], got {self.momentum_teacher}")
+        if not (self.student_temp > 0 and self.teacher_temp > 0):
+            raise UserError("dino temperatures must be positive")
+
+
+class DINOHead(nn.Module):
+    """MLP, L2 normalization, then K unit-norm prototypes: cosine-similarity logits (see the module docstring)."""
+
+    global_only = False  # local crops go through it too
+
+    def __init__(self, in_dim: int, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
+        # Weight normalization with the gain fixed to 1 (DINO's norm_last_layer=True): each prototype is a
+        # unit vector, so the logits are cosine similarities.
+        self.last_layer = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
+        nn.init.trunc_normal_(self.last_layer, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = F.normalize(self.mlp(x), dim=-1, eps=1e-6)  # (B, bottleneck)
+        return F.linear(z, F.normalize(self.last_layer, dim=-1, eps=1e-6))  # (B, K)
+
+    def forward_views(self, feats: Tensor, n_views: int) -> Tensor:
+        return self(feats)  # (n_views B, K): each row is its own image
+
+    def cancel_last_layer_gradients(self) -> None:
+        """Drop the prototypes' gradient (called during the first epoch, before the optimizer step)."""
+        self.last_layer.grad = None
+
+
+class Center(nn.Module):
+    """DINO's center: an EMA (momentum 0.9) of the teacher's mean output, subtracted before sharpening.
+
+    It is a buffer of this module so it is saved and loaded with the rest of the state; with a process group
+    the batch mean is all-reduced so every rank keeps the same center.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.9):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("center", torch.zeros(1, dim))
+
+    @torch.no_grad()
+    def update(self, teacher_out: list[Tensor]) -> None:
+        batch = torch.cat(teacher_out).float()
+        total = batch.sum(dim=0, keepdim=True)
+        count = torch.tensor(float(batch.shape[0]), device=batch.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        self.center.mul_(self.momentum).add_(total / count, alpha=1 - self.momentum)
+
+
+@dataclass
+class TeacherTargets:
+    """One step's teacher: logits and centered, sharpened softmax per global view ((B, K) each)."""
+
+    logits: list[Tensor]
+    probs: list[Tensor]
+    temperature: float
+    n_pairs: int  # (teacher view, other student view) pairs the loss averages over
+
+
+class DINO(Objective):
+    config_class = DinoConfig
+
+    def __init__(self, model: ModelConfig, dino: DinoConfig,
+                 extra_heads: Callable[[int], dict[str, nn.Module]] | None = None):
+        """`extra_heads(width)`: heads beside the DINO head, built after it (the hybrid's Barlow projector)."""
+        super().__init__()
+        self.dino_cfg = dino
+        backbone = create_backbone(model)
+        heads = {"dino_head": DINOHead(backbone.num_features, dino.out_dim, dino.hidden_dim, dino.bottleneck_dim)}
+        heads.update(extra_heads(backbone.num_features) if extra_heads else {})
+        self.student = Student(backbone, heads)
+        # Teacher: same backbone (no drop path) and DINO head, weights copied from the student, never trained directly.
+        teacher_backbone = create_backbone(dataclasses.replace(model, drop_path_rate=0.0))
+        teacher_backbone.load_state_dict(backbone.state_dict())
+        self.teacher = Student(teacher_backbone, {"dino_head": copy.deepcopy(heads["dino_head"])})
+        self.teacher.requires_grad_(False)
+        self.center = Center(dino.out_dim, dino.center_momentum)
+
+    @classmethod
+    def from_config(cls, cfg) -> DINO:
+        return cls(cfg.model, cfg.objectives["dino"])
+
+    # ------------------------------------------------------------------------------------------- per step
+    def step_values(self, step: int, length: RunLength) -> dict[str, float]:
+        cfg = self.dino_cfg
+        temp_warmup = length.phase_steps(cfg.warmup_teacher_temp_epochs, at_most_one_in=3)
+        return {"momentum": cosine(step, length.total_steps, cfg.momentum_teacher, 1.0),
+                "teacher_temp": linear_warmup(step, temp_warmup, cfg.warmup_teacher_temp, cfg.teacher_temp)}
+
+    def freeze_last_layer_steps(self, length: RunLength) -> int:
+        """Steps during which the DINO head's last layer is kept fixed: `dino.freeze_last_layer_epochs`, clipped
+        to a tenth of the run like the lr warm-up (1 of 100 epochs in the paper; unclipped, a 2-epoch run would
+        freeze it for half its length)."""
+        return length.phase_steps(self.dino_cfg.freeze_last_layer_epochs, at_most_one_in=10)
+
+    def before_optimizer_step(self, step: int, length: RunLength) -> None:
+        if step < self.freeze_last_layer_steps(length):
+            self.student.dino_head.cancel_last_layer_gradients()
+
+    def after_optimizer_step(self, values: Mapping[str, float]) -> None:
+        # The teacher mirrors the student's backbone and DINO head, in that order; nothing else (no projector).
+        mirrored = nn.ModuleDict({"backbone": self.student.backbone, "dino_head": self.student.dino_head})
+        ema_update(self.teacher, mirrored, values["momentum"])
+
+    def collapse_signs(self, row: Mapping[str, float]) -> set[str]:
+        return dino_collapse_signs(row, self.dino_cfg.out_dim)
+
+    # ------------------------------------------------------------------------------------------- the loss
+    def targets(self, global_views: list[Tensor], n_local: int, values: Mapping[str, float], teacher: nn.Module,
+                autocast: Callable[[], AbstractContextManager]) -> TeacherTargets:
+        with torch.no_grad(), autocast():
+            self.teacher.eval()
+            logits = list(teacher(global_views)["dino_head"].float().chunk(len(global_views)))
+        temperature = values["teacher_temp"]
+        return TeacherTargets(logits, dino_teacher_probs(logits, self.center.center, temperature), temperature,
+                              dino_pair_count(len(global_views), len(global_views) + n_local))
+
+    def loss_parts(self, out: dict[str, Tensor], n_views: int, first_view: int, is_global: bool,
+                   targets: TeacherTargets, distributed: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
+        logits = list(out["dino_head"].float().chunk(n_views))
+        dino = dino_cross_entropy_sum(logits, targets.probs, self.dino_cfg.student_temp, first_view)
+        return {"dino": dino / targets.n_pairs}, {}
+
+    def combine(self, parts: dict[str, Tensor]) -> Tensor:
+        return parts["dino"]
+
+    def finish_step(self, sums: dict[str, Tensor], targets: TeacherTargets) -> dict[str, float]:
+        logs = teacher_signals(targets.logits, self.center.center, targets.temperature, sums["dino"])
+        self.center.update(targets.logits)
+        return logs
+
+
+def teacher_signals(teacher_logits: list[Tensor], center: Tensor, teacher_temp: float,
+                    loss_dino: Tensor) -> dict[str, float]:
+    """Teacher entropy and KL(teacher || student). Each teacher view meets the same number of student views,
+    so the mean cross-entropy minus the mean teacher entropy is exactly the mean KL over the loss's pairs."""
+    with torch.no_grad():
+        probs = F.softmax((torch.cat(teacher_logits) - center) / teacher_temp, dim=-1)
+        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean().item()
+    return {"teacher_entropy": entropy, "kl_teacher_student": loss_dino.item() - entropy}
+
+
+def dino_collapse_signs(row: Mapping[str, float], out_dim: int) -> set[str]:
+    """DINO's collapse signs in a logged row: its loss at ln K (teacher and student both uniform: nothing is
+    learned); teacher entropy near 0 (one prototype wins for every image) or near ln K (uniform teacher);
+    KL(teacher || student) near 0 (the student copies a trivial teacher)."""
+    found: set[str] = set()
+    if "teacher_entropy" not in row:
+        return found
+    log_k = math.log(out_dim)
+    loss_dino = row.get("loss_dino", row.get("loss"))
+    if loss_dino is not None and abs(loss_dino - log_k) < 0.01 * log_k:
+        found.add(f"DINO loss sits at ln K = {log_k:.2f}")
+    if row["teacher_entropy"] < 0.01 * log_k:
+        found.add("teacher entropy went to 0")
+    if row["teacher_entropy"] > 0.99 * log_k:
+        found.add("teacher entropy went to ln K (uniform teacher)")
+    if abs(row.get("kl_teacher_student", 1.0)) < 1e-4:
+        found.add("KL(teacher||student) went to 0")
+    return found

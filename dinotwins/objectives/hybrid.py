@@ -1,0 +1,74 @@
+"""DinoTwins (arXiv 2508.17509): DINO and Barlow Twins on one backbone, their losses weighted and summed.
+
+- `HybridConfig`, the config.yaml section `hybrid` (the weights); the `dino` and `barlow` sections configure the
+  two halves;
+- the student has both heads (DINO head, then Barlow projector); the teacher is DINO's, the EMA of the backbone and
+  DINO head only; every per-step value (teacher momentum and temperature, last-layer freeze) is DINO's;
+- the loss: DINO over all crops plus Barlow Twins on the student's two global crops,
+  w_dino * L_dino + w_barlow * (1 / D) * L_barlow (`losses.hybrid_loss`);
+- logged: both halves' signals plus `loss_dino` and `loss_barlow`; collapse: both halves' signs.
+
+What it is not: a copy of either half. It is DINO (dino.py) with the Barlow projector and term (barlow.py) added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dinotwins.errors import UserError
+from dinotwins.models.config import ModelConfig
+from dinotwins.objectives.barlow import BarlowConfig, BarlowProjector, barlow_collapse_signs, barlow_terms
+from dinotwins.objectives.dino import DINO, DinoConfig, TeacherTargets
+from dinotwins.objectives.losses import hybrid_loss
+
+
+@dataclass
+class HybridConfig:
+    """DinoTwins weights: loss = w_dino * L_dino + w_barlow * (1 / D) * L_barlow (see `hybrid_loss`)."""
+
+    w_dino: float = 1.0
+    w_barlow: float = 1.0
+
+    def validate(self) -> None:
+        if not (self.w_dino >= 0 and self.w_barlow >= 0):
+            raise UserError("hybrid weights must be >= 0")
+
+
+class DinoTwins(DINO):
+    config_class = HybridConfig
+
+    def __init__(self, model: ModelConfig, dino: DinoConfig, barlow: BarlowConfig, hybrid: HybridConfig):
+        projector = lambda width: {"projector": BarlowProjector(width, tuple(barlow.proj_dims))}  # noqa: E731
+        super().__init__(model, dino, extra_heads=projector)
+        self.barlow_cfg, self.weights = barlow, hybrid
+
+    @classmethod
+    def from_config(cls, cfg) -> DinoTwins:
+        sections = cfg.objectives
+        return cls(cfg.model, sections["dino"], sections["barlow"], sections["hybrid"])
+
+    def collapse_signs(self, row: Mapping[str, float]) -> set[str]:
+        return super().collapse_signs(row) | barlow_collapse_signs(row)
+
+    def loss_parts(self, out: dict[str, Tensor], n_views: int, first_view: int, is_global: bool,
+                   targets: TeacherTargets, distributed: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
+        parts, signals = super().loss_parts(out, n_views, first_view, is_global, targets, distributed)
+        if is_global:  # the projector sees the global crops only
+            barlow, barlow_signals = barlow_terms(out["projector"], self.barlow_cfg.lambd, distributed)
+            parts.update(barlow)
+            signals.update(barlow_signals)
+        return parts, signals
+
+    def combine(self, parts: dict[str, Tensor]) -> Tensor:
+        """Linear in both terms; a resolution without a Barlow term (the local crops) adds zero of it."""
+        barlow = parts.get("barlow", torch.zeros((), device=parts["dino"].device))
+        return hybrid_loss(parts["dino"], barlow, self.weights.w_dino, self.weights.w_barlow,
+                           1.0 / self.student.projector.out_dim)
+
+    def finish_step(self, sums: dict[str, Tensor], targets: TeacherTargets) -> dict[str, float]:
+        return {**super().finish_step(sums, targets), "loss_dino": sums["dino"].item(),
+                "loss_barlow": sums["barlow"].item()}

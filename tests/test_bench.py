@@ -1,0 +1,36 @@
+"""`python -m dinotwins.bench`: a run's config (preset, --method, --set) timed through the real training step."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from dinotwins.bench import bench_config, build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_default_is_the_bench_preset_and_set_overrides_it():
+    cfg = bench_config(build_parser().parse_args([]))
+    assert (cfg.method, cfg.batch_size, cfg.model.depth, cfg.model.embed_dim, cfg.augment.n_local) == \
+        ("dino", 64, 12, 192, 6)
+    assert cfg.objectives["dino"].out_dim == 4096 and cfg.data == "synthetic:64"
+    cfg = bench_config(build_parser().parse_args(["--method", "hybrid", "--set", "batch_size=96",
+                                                  "--set", "backward_per_resolution=false"]))
+    assert (cfg.method, cfg.batch_size, cfg.backward_per_resolution, cfg.data) == ("hybrid", 96, False, "synthetic:96")
+
+
+def test_a_short_bench_prints_one_json_row_of_the_config_it_timed():
+    r = subprocess.run([sys.executable, "-m", "dinotwins.bench", "--preset", "smoke", "--method", "hybrid",
+                        "--set", "precision=fp32", "--set", "backward_per_resolution=false", "--steps", "1",
+                        "--warmup", "0", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (row["method"], row["dtype"], row["backward"], row["batch_size"]) == ("hybrid", "float32", "joint", 16)
+    assert row["img_per_s"] > 0 and row["gflop_per_img"] > 0
+
+
+def test_a_bad_bench_flag_is_one_line():
+    r = subprocess.run([sys.executable, "-m", "dinotwins.bench", "--set", "attention=sometimes"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: attention must be") and r.stderr.count("\n") == 1

@@ -1,0 +1,24 @@
+"""pyproject.toml: the console scripts name real entry points, and the dependencies are requirements.txt's
+without the test tools (so `pip install .` gives the same environment as `make setup`, minus pytest)."""
+
+import importlib
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+TEST_TOOLS = {"pytest", "playwright"}
+
+
+def test_every_console_script_is_a_main_function():
+    assert set(PROJECT["scripts"]) == {"dinotwins-train", "dinotwins-evaluate", "dinotwins-bench", "dinotwins-explorer"}
+    for target in PROJECT["scripts"].values():
+        module, _, name = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), name)), target
+
+
+def test_dependencies_are_the_requirements_without_the_test_tools():
+    lines = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    requirements = [line for line in lines if line and not line.startswith("#")]
+    runtime = [r for r in requirements if not any(r.startswith(tool) for tool in TEST_TOOLS)]
+    assert PROJECT["dependencies"] == runtime
