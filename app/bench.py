@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from app.cache import ArtifactCache
-    from app.explorer import Explorer, Neighbours, search
+    from app.explorer import Explorer, Neighbours
+    from dinotwins.evaluation.knn import search
     from app.images import load_image
     from app.models import open_models_and_gallery
     from app.tabs.attention import attention_view

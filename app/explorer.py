@@ -22,7 +22,7 @@ from app.cache import ArtifactCache, cache_key
 from app.gallery import Gallery
 from app.models import ModelEntry
 from dinotwins.evaluation.features import embed_batch, extract_features
-from dinotwins.evaluation.knn import l2_normalize
+from dinotwins.evaluation.knn import exact_index, l2_normalize, search
 
 Progress = Callable[..., None]
 
@@ -46,26 +46,6 @@ class Neighbours:
     indices: np.ndarray  # (k,) gallery indices, most similar first
     similarities: np.ndarray  # (k,) cosine
     precision: float | None  # precision@k, None when the query has no label
-
-
-def build_index(embeddings: np.ndarray) -> faiss.IndexFlatIP:
-    """Exact inner-product index over L2-normalized `embeddings` (N, D): inner product = cosine."""
-    index = faiss.IndexFlatIP(embeddings.shape[1])
-    index.add(l2_normalize(embeddings))
-    return index
-
-
-def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: int | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (similarities, indices), each (Q, k), of normalized `queries`; `exclude` drops one gallery index
-    (the query itself) from every list."""
-    k = max(1, min(k, index.ntotal - (exclude is not None)))
-    sims, ids = index.search(l2_normalize(queries), k + (exclude is not None))
-    if exclude is None:
-        return sims, ids
-    keep = ids != exclude
-    keep[keep.sum(axis=1) > k, -1] = False  # the query was not among the k + 1: drop the last instead
-    return sims[keep].reshape(len(ids), k), ids[keep].reshape(len(ids), k)
 
 
 @dataclass
@@ -132,7 +112,7 @@ class Explorer:
             key = self.key(i)
             index = self.cache.load_index(key, "index.faiss", ntotal=len(embeddings), dim=embeddings.shape[1])
             if index is None:
-                index = build_index(embeddings)
+                index = exact_index(embeddings)
                 self.cache.save_index(key, "index.faiss", index)
             self._indexes[i] = index
             return index

@@ -103,9 +103,14 @@ class TrainConfig:
         if self.augment.global_size != self.model.image_size:
             raise UserError(f"augment.global_size {self.augment.global_size} differs from model.image_size "
                             f"{self.model.image_size}; set both to the same size")
+        patch = self.model.patch_size
+        if self.model.image_size < 2 * patch:
+            raise UserError(f"model.image_size {self.model.image_size} holds fewer than 2 x 2 patches of {patch} px "
+                            f"(the stored images are that size too); raise the image size to at least {2 * patch} "
+                            f"or lower model.patch_size")
         for size in (self.augment.global_size, self.augment.local_size):
-            if size % self.model.patch_size:
-                raise UserError(f"crop size {size} is not a multiple of patch size {self.model.patch_size}")
+            if size % patch:
+                raise UserError(f"crop size {size} is not a multiple of patch size {patch}")
 
 
 def available_presets() -> list[str]:

@@ -14,7 +14,8 @@ from PIL import Image
 
 from app import projection, render, scores
 from app.cache import ArtifactCache, cache_key
-from app.explorer import Explorer, Neighbours, build_index, search
+from app.explorer import Explorer, Neighbours
+from dinotwins.evaluation.knn import exact_index, search
 from app.gallery import Gallery, load_gallery
 from app.images import read_query
 from app.models import ModelCache
@@ -103,7 +104,7 @@ def test_mass_mask_keeps_the_smallest_set_of_patches_holding_the_mass(keep_mass,
 def test_flat_ip_index_on_normalized_embeddings_ranks_by_cosine():
     rng = np.random.default_rng(0)
     gallery, query = rng.normal(size=(50, 8)), rng.normal(size=(1, 8))
-    sims, ids = search(build_index(gallery), query, k=5)
+    sims, ids = search(exact_index(gallery), query, k=5)
     cosine = (gallery @ query[0]) / (np.linalg.norm(gallery, axis=1) * np.linalg.norm(query))
     assert ids[0].tolist() == np.argsort(-cosine)[:5].tolist()
     assert np.allclose(sims[0], np.sort(cosine)[::-1][:5], atol=1e-5)
@@ -111,7 +112,7 @@ def test_flat_ip_index_on_normalized_embeddings_ranks_by_cosine():
 
 def test_search_leaves_out_the_excluded_index_and_still_returns_k():
     points = np.eye(4, dtype=np.float32) + 0.01
-    sims, ids = search(build_index(points), points[2:3], k=3, exclude=2)
+    sims, ids = search(exact_index(points), points[2:3], k=3, exclude=2)
     assert 2 not in ids[0] and len(ids[0]) == 3
 
 
@@ -175,7 +176,7 @@ def test_knn_leave_one_out_and_silhouette_on_separated_clusters():
     centres = np.eye(3, 16) * 10
     labels = np.repeat(np.arange(3), 30)
     points = centres[labels] + rng.normal(scale=0.1, size=(90, 16))
-    index = build_index(points)
+    index = exact_index(points)
     assert scores.knn_accuracy_leave_one_out(index, points, labels, k=5) == 1.0
     assert scores.silhouette(points, labels) > 0.9
     assert np.isnan(scores.silhouette(points, np.zeros(90, int)))
@@ -218,7 +219,7 @@ def test_cache_round_trips_arrays_indexes_and_json(tmp_path):
     array = np.arange(12, dtype=np.float32).reshape(3, 4)
     cache.save_array(key, "emb.npy", array)
     assert np.array_equal(cache.load_array(key, "emb.npy", shape=(3, 4), dtype=np.float32), array)
-    index = build_index(array + 1)
+    index = exact_index(array + 1)
     cache.save_index(key, "index.faiss", index)
     assert cache.load_index(key, "index.faiss", ntotal=3, dim=4).ntotal == 3
     cache.save_json(key, "s.json", {"knn": 0.5})

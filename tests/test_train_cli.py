@@ -63,6 +63,8 @@ def tensors(path: Path) -> dict:
     (["--method", "dino", "--data", "synthetic", "--preset", "huge"], "unknown preset"),
     (["--method", "dino", "--data", "synthetic", "--set", "optim.base_lr=fast"], "optim.base_lr"),
     (["--method", "dino", "--data", "synthetic", "--set", "optim.base_lr=.nan"], "optim.base_lr"),
+    (["--method", "dino", "--data", "scenes", "--set", "model.image_size=16", "--set", "augment.global_size=16",
+      "--set", "model.patch_size=16", "--set", "augment.local_size=16"], "fewer than 2 x 2 patches"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needle):
     out = tmp_path / "run"

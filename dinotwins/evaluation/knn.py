@@ -9,7 +9,9 @@ Top-k accuracy (`topk_accuracy`) counts ties against the query: a query is right
 classes score at least as high as its true class. So a query no neighbour voted for is never "right by luck" of
 a sort order, while with k >= the number of classes every query is right (all classes are listed).
 
-What it is not: no feature extraction (features.py), no leave-one-out (the app's scores.py does that for a gallery).
+`exact_index` and `search` are the one nearest-neighbour search of the project: the k-NN vote here and the app's
+retrieval use them. What it is not: no feature extraction (features.py), no leave-one-out (the app's scores.py
+does that for a gallery).
 """
 
 from __future__ import annotations
@@ -26,6 +28,26 @@ def l2_normalize(features: np.ndarray) -> np.ndarray:
     features = np.asarray(features, dtype=np.float32)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return np.ascontiguousarray(features / np.maximum(norms, 1e-12))
+
+
+def exact_index(features: np.ndarray) -> faiss.IndexFlatIP:
+    """Exact inner-product FAISS index over the L2-normalized rows of `features` (N, D): inner product = cosine."""
+    index = faiss.IndexFlatIP(features.shape[1])
+    index.add(l2_normalize(features))
+    return index
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: int | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (cosine similarities, indices), each (Q, k), of the normalized `queries`, most similar first;
+    `exclude` drops one indexed item (a query that is itself in the index) from every list."""
+    k = max(1, min(k, index.ntotal - (exclude is not None)))
+    similarities, ids = index.search(l2_normalize(queries), k + (exclude is not None))
+    if exclude is None:
+        return similarities, ids
+    keep = ids != exclude
+    keep[keep.sum(axis=1) > k, -1] = False  # the query was not among the k + 1: drop the last instead
+    return similarities[keep].reshape(len(ids), k), ids[keep].reshape(len(ids), k)
 
 
 def knn_vote(similarities: np.ndarray, neighbour_labels: np.ndarray, num_classes: int,
@@ -62,9 +84,7 @@ def knn_scores(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np
         raise ValueError(f"k must be at least 1, got {k}")
     k = min(k, len(train_labels))
     num_classes = num_classes or int(train_labels.max()) + 1
-    index = faiss.IndexFlatIP(train_feats.shape[1])
-    index.add(l2_normalize(train_feats))
-    similarities, neighbours = index.search(l2_normalize(test_feats), k)  # (Q, k) each, most similar first
+    similarities, neighbours = search(exact_index(train_feats), test_feats, k)  # (Q, k) each
     return knn_vote(similarities, train_labels[neighbours], num_classes, temperature)
 
 
