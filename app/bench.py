@@ -3,6 +3,9 @@
 Times what a user waits for, on `--threads` CPU threads (default 2, the target machine):
 - attention tab: decode an uploaded PNG + every model's maps, rendered (target < 0.3 s for 3 demo models);
 - retrieval, per model: embed the query, FAISS search, neighbour thumbnails (target < 50 ms on a 10k gallery);
+- patch similarity, all models: the clicked patch's token against the query's and each model's top-1 neighbour's
+  patches, rendered (target < 0.3 s for 3 models);
+- patch PCA, all models: the PCA picture of the query and its 3 nearest gallery images, rendered (< 0.3 s);
 - cached projection: a fresh app state loading every model's layout and scores from the disk cache, and the
   plotly figure (target < 1 s).
 First-time work (gallery embeddings, indexes, UMAP) is done, and timed, once before; it is not a target.
@@ -19,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-TARGETS_S = {"attention tab (all models)": 0.3, "retrieval per model": 0.05, "cached projection": 1.0}
+TARGETS_S = {"attention tab (all models)": 0.3, "retrieval per model": 0.05, "patch similarity (all models)": 0.3,
+             "patch PCA (all models)": 0.3, "cached projection": 1.0}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.models import open_models_and_gallery
     from app.tabs.attention import attention_view
     from app.tabs.embeddings import projection_figure
+    from app.tabs.patches import pca_view, similarity_view
     from app.tabs.retrieval import thumbnails
     from dinotwins.errors import UserError
 
@@ -97,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     per_model = [timed(lambda i=i: retrieve_one(i), args.repeats) for i in range(len(entries))]
     results["retrieval per model"] = {"median_s": max(r["median_s"] for r in per_model),
                                       "p90_s": max(r["p90_s"] for r in per_model)}
+    results["patch similarity (all models)"] = timed(
+        lambda: similarity_view(explorer, load_image(upload), 0.5, 0.4, 1.0), args.repeats)
+    results["patch PCA (all models)"] = timed(lambda: pca_view(explorer, load_image(upload), True, 1.0),
+                                              args.repeats)
 
     def cached_projection() -> None:
         fresh = Explorer(entries, gallery, cache)
