@@ -387,3 +387,16 @@ def test_exports_of_bad_input_are_user_errors(explorer):
         attention.attention_export(explorer, None)
     with pytest.raises(UserError, match="k must be"):
         retrieval.retrieve_export(explorer, None, 0, 5)
+
+
+def test_runs_tab_draws_the_collapse_thresholds_the_training_monitor_uses(entries):
+    import math
+
+    lines = runs.collapse_thresholds(entries)
+    dino_entropy = [v for label, v, _ in lines["teacher_entropy"] if label == "dino"]
+    assert dino_entropy == pytest.approx([0.01 * math.log(256), 0.99 * math.log(256)])  # smoke preset: K = 256
+    assert {label for label, _, _ in lines["barlow_diag_rms_error"]} == {"barlow", "hybrid"}
+    assert [label for label, _, _ in lines["loss_dino"]] == ["hybrid", "hybrid"]
+    assert len(lines["embed_std"]) == 3
+    fig = runs.curves_figure(entries, lines)
+    assert any("collapse: teacher entropy went to 0" in (a.text or "") for a in fig.layout.annotations)

@@ -24,11 +24,11 @@ from dinotwins import load_model
 from dinotwins.models.backbone import create_backbone
 from dinotwins.models.config import ModelConfig
 from dinotwins.objectives import base, dino
-from dinotwins.objectives.barlow import barlow_collapse_signs
-from dinotwins.objectives.dino import dino_collapse_signs
+from dinotwins.objectives.barlow import barlow_collapse_bands
+from dinotwins.objectives.dino import dino_collapse_bands
 from dinotwins.training.checkpoint import latest_good, list_checkpoints, load_state, save_checkpoint
 from dinotwins.training.cli import main as train_main
-from dinotwins.training.collapse import CollapseMonitor
+from dinotwins.training.collapse import CollapseMonitor, embedding_band
 from dinotwins.config import build_config, merge, read_yaml
 from dinotwins.errors import TrainingStopped, UserError
 from dinotwins.files import checksum_problem, sha256_file
@@ -322,8 +322,8 @@ HEALTHY = {"step": 100, "loss": 4.0, "loss_dino": 4.0, "teacher_entropy": 3.0, "
     ({"barlow_diag_rms_error": 1.0}, "Barlow cross-correlation diagonal"),
 ])
 def test_each_collapse_signal_fires_alone_and_only_after_patience(change, needle):
-    monitor = CollapseMonitor(64, lambda row: dino_collapse_signs(row, 256) | barlow_collapse_signs(row),
-                              warmup_steps=10, patience=3)
+    bands = dino_collapse_bands(256, loss_key="loss_dino") + barlow_collapse_bands() + [embedding_band(64)]
+    monitor = CollapseMonitor(bands, warmup_steps=10, patience=3)
     assert monitor.reasons(HEALTHY) == set()
     bad = {**HEALTHY, **change}
     assert [r for r in monitor.reasons(bad)] and all(needle in r for r in monitor.reasons(bad))

@@ -6,7 +6,8 @@
 - Curves from each run's `metrics.jsonl`, one panel per quantity. The loss is drawn relative to each run's first
   logged value, because Barlow Twins' loss (about 2 000 at the start) and DINO's (about ln K) differ by orders of
   magnitude; the hybrid's two terms have panels of their own in their own units. Where a quantity has a collapse
-  threshold (the training's collapse monitor), it is drawn as a dotted line in the model's colour.
+  threshold (the bands of the training's collapse monitor, from the run's config.yaml and its objective), it is
+  drawn as a dotted line in the model's colour.
 - Each model's provenance (the weights' metadata) in a collapsed accordion.
 """
 
@@ -93,6 +94,30 @@ def comparison_rows(entries: list[ModelEntry]) -> list[list[str]]:
     return rows
 
 
+def collapse_thresholds(entries: list[ModelEntry]) -> dict[str, list[tuple[str, float, str]]]:
+    """{metrics key: [(model label, value, meaning)]}: the edges of each model's collapse bands, read from the
+    objective of the run's own config.yaml (the bands the training's collapse monitor used); none without one."""
+    from dinotwins.config import build_config, read_yaml
+    from dinotwins.objectives import objective_class
+    from dinotwins.training.collapse import embedding_band
+
+    lines: dict[str, list[tuple[str, float, str]]] = {}
+    for entry in entries:
+        path = next((f / "config.yaml" for f in filter(None, (entry.model.run_dir, entry.folder))
+                     if (f / "config.yaml").is_file()), None)
+        if path is None:
+            continue
+        try:
+            cfg = build_config(read_yaml(path))
+        except ValueError:  # a config this version cannot read: no lines rather than no tab
+            continue
+        bands = [*objective_class(cfg.method).collapse_bands(cfg), embedding_band(entry.model.embed_dim)]
+        for band in bands:
+            for edge in band.edges():
+                lines.setdefault(band.key, []).append((entry.label, edge, f"collapse: {band.meaning}"))
+    return lines
+
+
 def run_card(entry: ModelEntry) -> str:
     """Markdown: the model's provenance (the weights' metadata), where its files are."""
     m = entry.model
@@ -133,9 +158,14 @@ def curves_figure(entries: list[ModelEntry], thresholds: dict[str, list[tuple[st
             fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=label, legendgroup=label,
                                      showlegend=label not in _shown(fig),
                                      line=dict(color=colour[label], width=1.5)), row=row + 1, col=col + 1)
+        seen: set[float] = set()
         for label, value, meaning in (thresholds or {}).get(key, []):
+            if key == "loss" or label not in runs or not runs[label]:  # the loss panel is relative to the start
+                continue
             fig.add_hline(y=value, line=dict(color=colour.get(label, "grey"), dash="dot", width=1),
-                          annotation_text=meaning, annotation_font_size=9, row=row + 1, col=col + 1)
+                          annotation_text="" if value in seen else meaning, annotation_font_size=9,
+                          row=row + 1, col=col + 1)
+            seen.add(value)
     missing = [label for label, rows in runs.items() if not rows]
     fig.update_layout(height=260 * grid_rows + 80, margin=dict(l=10, r=10, t=70, b=10),
                       title=dict(text=f"no metrics.jsonl for: {', '.join(missing)}" if missing else "", x=0.01,
@@ -160,7 +190,8 @@ def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
     gr.Dataframe(value=comparison_rows(ctx.entries), headers=list(TABLE_HEADERS), interactive=False,
                  label="The models side by side (figures from each model's eval.json: full test split)",
                  elem_id="runs-table", wrap=True)
-    gr.Plot(value=curves_figure(ctx.entries), label="Training curves")
+    gr.Plot(value=curves_figure(ctx.entries, collapse_thresholds(ctx.entries)),
+            label="Training curves (dotted: each run's collapse thresholds)")
     with gr.Accordion("Provenance", open=False):
         with gr.Row():
             for entry in ctx.entries:

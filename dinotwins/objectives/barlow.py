@@ -8,14 +8,13 @@ Everything Barlow Twins adds to a backbone lives here:
   (`losses.barlow_twins_terms`), gathered over processes under torchrun;
 - logged signals (both terms and the rms of 1 - C_ii) and the collapse sign they show.
 
-`barlow_terms` and `barlow_collapse_signs` are shared with the hybrid (hybrid.py). What it is not: the loss maths
+`barlow_terms` and `barlow_collapse_bands` are shared with the hybrid (hybrid.py). What it is not: the loss maths
 (losses.py) or the shared forward and backward (base.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +25,7 @@ from dinotwins.models.backbone import create_backbone
 from dinotwins.models.config import ModelConfig
 from dinotwins.objectives.base import Objective, Student
 from dinotwins.objectives.losses import barlow_twins_terms
+from dinotwins.training.collapse import CollapseBand
 
 
 @dataclass
@@ -85,8 +85,9 @@ class BarlowTwins(Objective):
     def combine(self, parts: dict[str, Tensor]) -> Tensor:
         return parts["barlow"]
 
-    def collapse_signs(self, row: Mapping[str, float]) -> set[str]:
-        return barlow_collapse_signs(row)
+    @classmethod
+    def collapse_bands(cls, cfg) -> list[CollapseBand]:
+        return barlow_collapse_bands()
 
 
 def barlow_terms(projected: Tensor, lambd: float, distributed: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
@@ -98,8 +99,7 @@ def barlow_terms(projected: Tensor, lambd: float, distributed: bool) -> tuple[di
     return {"barlow": on_diag + lambd * off_diag}, signals
 
 
-def barlow_collapse_signs(row: Mapping[str, float]) -> set[str]:
+def barlow_collapse_bands() -> list[CollapseBand]:
     """The Barlow diagonal far from 1 (rms of 1 - C_ii above 0.9: the views no longer agree on any feature)."""
-    if row.get("barlow_diag_rms_error", 0.0) > 0.9:
-        return {"Barlow cross-correlation diagonal drifted far from 1"}
-    return set()
+    return [CollapseBand("barlow_diag_rms_error", 0.9, math.inf, "Barlow cross-correlation diagonal drifted far from 1")]
+

@@ -11,7 +11,8 @@ The trainer drives it through these calls and never asks which method it runs:
 - `compute_gradients(...)`: forward and backward of the loss, returning it with the signals to log;
 - `before_optimizer_step(step, length)` (DINO: the last layer's first-epoch freeze) and
   `after_optimizer_step(values)` (DINO: the EMA teacher update);
-- `collapse_signs(row)`: the method's collapse checks on a logged row; `export_backbone()`: the weights users get.
+- `collapse_bands(cfg)`: the method's collapse zones of logged columns (a classmethod: the explorer reads them from a
+  run's config); `export_backbone()`: the weights users get.
 
 `compute_gradients` is shared. Each crop resolution goes through the backbone in one call (all global crops batched,
 all local crops batched), as DINO's MultiCropWrapper does, and by default each resolution's part of the loss is
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinotwins.models.backbone import embed
+from dinotwins.training.collapse import CollapseBand
 from dinotwins.training.schedules import RunLength
 
 
@@ -90,9 +92,11 @@ class Objective(nn.Module):
     def after_optimizer_step(self, values: Mapping[str, float]) -> None:
         """Called after the update: the place to move a teacher."""
 
-    def collapse_signs(self, row: Mapping[str, float]) -> set[str]:
-        """The method's signs of collapse in one logged row (the trainer adds the embedding spread's)."""
-        return set()
+    @classmethod
+    def collapse_bands(cls, cfg: Any) -> list[CollapseBand]:
+        """The method's collapse zones of logged columns, for a run's config (the trainer adds the embedding
+        spread's, `training.collapse.embedding_band`)."""
+        return []
 
     def export_backbone(self) -> nn.Module:
         """The backbone users get: the teacher's when there is one (DINO evaluates the teacher), else the student's."""

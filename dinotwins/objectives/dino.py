@@ -35,6 +35,7 @@ from dinotwins.models.backbone import create_backbone
 from dinotwins.models.config import ModelConfig
 from dinotwins.objectives.base import Objective, Student
 from dinotwins.objectives.losses import dino_cross_entropy_sum, dino_pair_count, dino_teacher_probs
+from dinotwins.training.collapse import CollapseBand
 from dinotwins.training.ema import ema_update
 from dinotwins.training.schedules import RunLength, cosine, linear_warmup
 
@@ -172,8 +173,9 @@ class DINO(Objective):
         mirrored = nn.ModuleDict({"backbone": self.student.backbone, "dino_head": self.student.dino_head})
         ema_update(self.teacher, mirrored, values["momentum"])
 
-    def collapse_signs(self, row: Mapping[str, float]) -> set[str]:
-        return dino_collapse_signs(row, self.dino_cfg.out_dim)
+    @classmethod
+    def collapse_bands(cls, cfg) -> list[CollapseBand]:
+        return dino_collapse_bands(cfg.objectives["dino"].out_dim)
 
     # ------------------------------------------------------------------------------------------- the loss
     def targets(self, global_views: list[Tensor], n_local: int, values: Mapping[str, float], teacher: nn.Module,
@@ -210,21 +212,12 @@ def teacher_signals(teacher_logits: list[Tensor], center: Tensor, teacher_temp: 
     return {"teacher_entropy": entropy, "kl_teacher_student": loss_dino.item() - entropy}
 
 
-def dino_collapse_signs(row: Mapping[str, float], out_dim: int) -> set[str]:
-    """DINO's collapse signs in a logged row: its loss at ln K (teacher and student both uniform: nothing is
-    learned); teacher entropy near 0 (one prototype wins for every image) or near ln K (uniform teacher);
-    KL(teacher || student) near 0 (the student copies a trivial teacher)."""
-    found: set[str] = set()
-    if "teacher_entropy" not in row:
-        return found
+def dino_collapse_bands(out_dim: int, loss_key: str = "loss") -> list[CollapseBand]:
+    """DINO's collapse zones: its loss (`loss_key`) within 1 % of ln K (teacher and student both uniform: nothing is
+    learned); teacher entropy below 1 % of ln K (one prototype wins for every image) or above 99 % (uniform
+    teacher); KL(teacher || student) within 1e-4 of 0 (the student copies a trivial teacher)."""
     log_k = math.log(out_dim)
-    loss_dino = row.get("loss_dino", row.get("loss"))
-    if loss_dino is not None and abs(loss_dino - log_k) < 0.01 * log_k:
-        found.add(f"DINO loss sits at ln K = {log_k:.2f}")
-    if row["teacher_entropy"] < 0.01 * log_k:
-        found.add("teacher entropy went to 0")
-    if row["teacher_entropy"] > 0.99 * log_k:
-        found.add("teacher entropy went to ln K (uniform teacher)")
-    if abs(row.get("kl_teacher_student", 1.0)) < 1e-4:
-        found.add("KL(teacher||student) went to 0")
-    return found
+    return [CollapseBand(loss_key, 0.99 * log_k, 1.01 * log_k, f"DINO loss sits at ln K = {log_k:.2f}"),
+            CollapseBand("teacher_entropy", -math.inf, 0.01 * log_k, "teacher entropy went to 0"),
+            CollapseBand("teacher_entropy", 0.99 * log_k, math.inf, "teacher entropy went to ln K (uniform teacher)"),
+            CollapseBand("kl_teacher_student", -1e-4, 1e-4, "KL(teacher||student) went to 0")]

@@ -13,7 +13,6 @@ What it is not: a copy of either half. It is DINO (dino.py) with the Barlow proj
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -21,9 +20,10 @@ from torch import Tensor
 
 from dinotwins.errors import UserError
 from dinotwins.models.config import ModelConfig
-from dinotwins.objectives.barlow import BarlowConfig, BarlowProjector, barlow_collapse_signs, barlow_terms
-from dinotwins.objectives.dino import DINO, DinoConfig, TeacherTargets
+from dinotwins.objectives.barlow import BarlowConfig, BarlowProjector, barlow_collapse_bands, barlow_terms
+from dinotwins.objectives.dino import DINO, DinoConfig, TeacherTargets, dino_collapse_bands
 from dinotwins.objectives.losses import hybrid_loss
+from dinotwins.training.collapse import CollapseBand
 
 
 @dataclass
@@ -51,8 +51,9 @@ class DinoTwins(DINO):
         sections = cfg.objectives
         return cls(cfg.model, sections["dino"], sections["barlow"], sections["hybrid"])
 
-    def collapse_signs(self, row: Mapping[str, float]) -> set[str]:
-        return super().collapse_signs(row) | barlow_collapse_signs(row)
+    @classmethod
+    def collapse_bands(cls, cfg) -> list[CollapseBand]:
+        return dino_collapse_bands(cfg.objectives["dino"].out_dim, loss_key="loss_dino") + barlow_collapse_bands()
 
     def loss_parts(self, out: dict[str, Tensor], n_views: int, first_view: int, is_global: bool,
                    targets: TeacherTargets, distributed: bool) -> tuple[dict[str, Tensor], dict[str, float]]:

@@ -37,7 +37,7 @@ from dinotwins.models.export import EXPORT_NAME, export_backbone
 from dinotwins.objectives import build_objective
 from dinotwins.training import distributed, schedules
 from dinotwins.training.checkpoint import latest_good, list_checkpoints, save_checkpoint
-from dinotwins.training.collapse import CollapseMonitor
+from dinotwins.training.collapse import CollapseMonitor, embedding_band
 from dinotwins.training.precision import pick_precision
 from dinotwins.training.runlog import RunLog
 from dinotwins.training.stop_signal import StopSignals
@@ -101,8 +101,8 @@ class Trainer:
                                            **({"fused": True} if self.device.type == "cuda" else {"foreach": True}))
         self.multicrop = MultiCrop(cfg.augment)
         self.log = RunLog(self.out / "metrics.jsonl")
-        self.monitor = CollapseMonitor(self.objective.student.backbone.num_features, self.objective.collapse_signs,
-                                       warmup_steps=max(self.length.total_steps // 10, 1))
+        bands = [*self.objective.collapse_bands(cfg), embedding_band(self.objective.student.backbone.num_features)]
+        self.monitor = CollapseMonitor(bands, warmup_steps=max(self.length.total_steps // 10, 1))
         self.step = 0
         if resume:
             self._resume()
