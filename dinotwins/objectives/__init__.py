@@ -13,6 +13,7 @@ The registry names each class by module path, so reading it (the CLI's --method 
 imports no torch; a module is imported the first time its objective or its config section is needed.
 
 Add an objective: a new file here with a config dataclass and an `Objective` subclass, and one line in `OBJECTIVES`.
+An ingredient objectives share (iBOT) may add a config section of its own in `EXTRA_SECTIONS`.
 """
 
 from __future__ import annotations
@@ -26,11 +27,23 @@ OBJECTIVES = {  # method name (also its config.yaml section) -> "module:class"
     "hybrid": "dinotwins.objectives.hybrid:DinoTwins",
 }
 METHODS = tuple(OBJECTIVES)
+# config.yaml sections beside the objectives' own: ingredients an objective may read (DINOv2's iBOT, dinov2.py).
+EXTRA_SECTIONS = {"ibot": "dinotwins.objectives.dinov2:IBotConfig"}
+SECTIONS = (*METHODS, *EXTRA_SECTIONS)
 
 
 def objective_class(method: str) -> Any:
     """The `Objective` subclass registered as `method` (imports its module)."""
-    module, _, name = OBJECTIVES[method].partition(":")
+    return _resolve(OBJECTIVES[method])
+
+
+def section_class(name: str) -> type:
+    """The dataclass of config section `name` (one of `SECTIONS`; imports its module)."""
+    return objective_class(name).config_class if name in OBJECTIVES else _resolve(EXTRA_SECTIONS[name])
+
+
+def _resolve(path: str) -> Any:
+    module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
 
 

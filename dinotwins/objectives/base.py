@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinotwins.models.backbone import embed
+from dinotwins.models.tokens import embed_tokens, packed_forward, run_blocks
 from dinotwins.training.collapse import CollapseBand
 from dinotwins.training.schedules import RunLength
 
@@ -44,8 +45,10 @@ from dinotwins.training.schedules import RunLength
 class Student(nn.Module):
     """Backbone plus heads, registered under the names the objective gives them (their state-dict prefixes).
 
-    A head is a module with `forward_views(feats (n_views B, D), n_views) -> (n_views B, ...)` and `global_only`
-    (True: it sees the global crops only, as Barlow Twins' projector)."""
+    A head is a module with `global_only` (True: it sees the global crops only, as Barlow Twins' projector) and
+    either `forward_views(feats (n_views B, D), n_views) -> (n_views B, ...)` on the CLS embeddings, or, with
+    `patch_level = True` (iBOT's), `forward(patches (M, D)) -> (M, K)` on the patch tokens at the positions
+    `select` marks, the head holding the `mask_token` that `masks` puts in the input."""
 
     def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module]):
         super().__init__()
@@ -54,16 +57,48 @@ class Student(nn.Module):
             self.add_module(name, head)
         self.head_names = tuple(heads)
 
-    def forward(self, views: list[Tensor], is_global: bool = True) -> dict[str, Tensor]:
+    def forward(self, views: list[Tensor], is_global: bool = True, masks: Tensor | None = None,
+                select: Tensor | None = None, packed_locals: list[Tensor] | None = None) -> dict[str, Any]:
         """`views`: crops of one size, batched into one backbone call -> {"feats": CLS embeddings, head name: its
-        output}."""
-        feats = embed(self.backbone, torch.cat(views))  # (n_views B, D)
+        output}. `masks` (bool (n_views B, h, w)): patches replaced by the mask token; `select`: the patches a
+        patch-level head reads. With `packed_locals`, the local crops go through the same pass as `views` (the
+        global crops), packed (models/tokens.py), and the result is {"global": ..., "local": ...}."""
+        x = torch.cat(views)
+        if packed_locals is not None:
+            groups = [x] + ([torch.cat(packed_locals)] if packed_locals else [])
+            tokens = packed_forward(self.backbone, groups, views[0].shape[0], [masks] + [None] * (len(groups) - 1),
+                                    self._mask_token())
+            out = {"global": self._heads(tokens[0], len(views), True, select)}
+            if packed_locals:
+                out["local"] = self._heads(tokens[1], len(packed_locals), False, None)
+            return out
+        if masks is None and select is None:
+            feats = embed(self.backbone, x)  # (n_views B, D)
+            return self._heads_on(feats, None, len(views), is_global, None)
+        tokens = run_blocks(self.backbone, embed_tokens(self.backbone, x, masks, self._mask_token()))
+        return self._heads(tokens, len(views), is_global, select)
+
+    def _heads(self, tokens: Tensor, n_views: int, is_global: bool, select: Tensor | None) -> dict[str, Tensor]:
+        prefix = self.backbone.num_prefix_tokens
+        return self._heads_on(tokens[:, 0], tokens[:, prefix:], n_views, is_global, select)
+
+    def _heads_on(self, feats: Tensor, patches: Tensor | None, n_views: int, is_global: bool,
+                  select: Tensor | None) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {"feats": feats}
         for name in self.head_names:
             head = getattr(self, name)
-            if is_global or not head.global_only:
-                out[name] = head.forward_views(feats, len(views))
+            if not is_global and head.global_only:
+                continue
+            if getattr(head, "patch_level", False):
+                if select is not None and patches is not None:
+                    out[name] = head(patches[select.flatten(1)])  # (M, K) at the selected patches
+            else:
+                out[name] = head.forward_views(feats, n_views)
         return out
+
+    def _mask_token(self) -> Tensor | None:
+        return next((getattr(self, n).mask_token for n in self.head_names
+                     if getattr(getattr(self, n), "patch_level", False)), None)
 
 
 class Objective(nn.Module):
@@ -103,9 +138,14 @@ class Objective(nn.Module):
         return (self.teacher or self.student).backbone
 
     # ------------------------------------------------------------------------------------------- the loss
+    def patch_masks(self, global_views: list[Tensor]) -> Tensor | None:
+        """bool (n_global B, h, w): the global crops' patches the student sees masked this step (iBOT), or None."""
+        return None
+
     def targets(self, global_views: list[Tensor], n_local: int, values: Mapping[str, float], teacher: nn.Module,
-                autocast: Callable[[], AbstractContextManager]) -> Any:
-        """What the student is matched against this step (no gradient); None when it is matched against itself."""
+                autocast: Callable[[], AbstractContextManager], masks: Tensor | None = None) -> Any:
+        """What the student is matched against this step (no gradient); None when it is matched against itself.
+        `masks`: this step's `patch_masks`, the positions a patch-level target is read at."""
         return None
 
     def loss_parts(self, out: dict[str, Tensor], n_views: int, first_view: int, is_global: bool, targets: Any,
@@ -125,7 +165,7 @@ class Objective(nn.Module):
                           values: Mapping[str, float], *, distributed: bool = False, teacher: nn.Module | None = None,
                           autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
                           no_sync: Callable[[], AbstractContextManager] | None = None,
-                          per_resolution: bool = True) -> tuple[Tensor, dict[str, float]]:
+                          per_resolution: bool = True, packed: bool = False) -> tuple[Tensor, dict[str, float]]:
         """Forward and backward of the loss: leaves the gradients in the student's `.grad` (accumulated, so zero
         them first) and returns the loss (detached) with the logged signals.
 
@@ -140,19 +180,26 @@ class Objective(nn.Module):
         context for each forward (backward runs outside it). `no_sync` is DDP's `no_sync`: every forward but the
         last runs under it, so gradients are all-reduced once, in the backward after the last forward, which must
         reach every parameter; under DDP the local crops go first and the global crops, which reach every head, last.
+        With `packed` every crop goes through one forward pass (`Student.forward` with `packed_locals`) and one
+        backward: the same loss and gradients, with all activations alive at once.
         """
+        masks = self.patch_masks(global_views)
         targets = self.targets(global_views, len(local_views), values,
-                               teacher if teacher is not None else self.teacher, autocast)
+                               teacher if teacher is not None else self.teacher, autocast, masks)
+        locals_seen = local_views if self.uses_local_crops else []
+        if packed:
+            return self._packed_gradients(student, global_views, locals_seen, masks, targets, distributed, autocast)
         groups = [(global_views, 0, True)]  # (views, index of their first view, is_global)
-        if self.uses_local_crops and local_views:
-            groups.insert(0 if no_sync is not None else 1, (local_views, len(global_views), False))
+        if locals_seen:
+            groups.insert(0 if no_sync is not None else 1, (locals_seen, len(global_views), False))
         logs: dict[str, float] = {}
         sums: dict[str, Tensor] = {}  # each loss term summed over the groups
         for index, (views, first_view, is_global) in enumerate(groups):
             last = index == len(groups) - 1  # under DDP, the synchronized backward
             with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
                 with autocast():
-                    out = student(views, is_global=is_global)
+                    out = student(views, is_global=is_global, **({"masks": masks, "select": masks}
+                                                                 if is_global and masks is not None else {}))
                     part, signals = self.loss_parts(out, len(views), first_view, is_global, targets, distributed)
                     logs.update(signals)
                     if is_global:
@@ -166,6 +213,28 @@ class Objective(nn.Module):
         if not per_resolution:
             total.backward()
         logs.update(self.finish_step(sums, targets))
+        return total.detach(), logs
+
+    def _packed_gradients(self, student: nn.Module, global_views: list[Tensor], local_views: list[Tensor],
+                          masks: Tensor | None, targets: Any, distributed: bool,
+                          autocast: Callable[[], AbstractContextManager]) -> tuple[Tensor, dict[str, float]]:
+        """`compute_gradients` with every crop in one packed forward pass, then one backward."""
+        logs: dict[str, float] = {}
+        sums: dict[str, Tensor] = {}
+        with autocast():
+            outs = student(global_views, masks=masks, select=masks, packed_locals=local_views)
+            groups = [(outs["global"], len(global_views), 0, True)]
+            if local_views:
+                groups.append((outs["local"], len(local_views), len(global_views), False))
+            for out, n_views, first_view, is_global in groups:
+                part, signals = self.loss_parts(out, n_views, first_view, is_global, targets, distributed)
+                logs.update(signals)
+                for name, value in part.items():
+                    sums[name] = sums[name] + value if name in sums else value
+            logs["embed_std"] = normalized_std(outs["global"]["feats"].detach())
+        total = self.combine(sums)
+        total.backward()
+        logs.update(self.finish_step({name: value.detach() for name, value in sums.items()}, targets))
         return total.detach(), logs
 
 

@@ -34,10 +34,14 @@ from dinotwins.errors import UserError
 from dinotwins.models.backbone import create_backbone
 from dinotwins.models.config import ModelConfig
 from dinotwins.objectives.base import Objective, Student
+from dinotwins.objectives.dinov2 import IBotConfig, IBotHead, ibot_loss, koleo_loss, random_patch_masks, sinkhorn_knopp
 from dinotwins.objectives.losses import dino_cross_entropy_sum, dino_pair_count, dino_teacher_probs
 from dinotwins.training.collapse import CollapseBand
 from dinotwins.training.ema import ema_update
 from dinotwins.training.schedules import RunLength, cosine, linear_warmup
+
+
+CENTERINGS = ("ema", "sinkhorn_knopp")
 
 
 @dataclass
@@ -54,12 +58,19 @@ class DinoConfig:
     momentum_teacher: float = 0.996  # cosine schedule from this value to 1
     center_momentum: float = 0.9
     freeze_last_layer_epochs: float = 1.0
+    # DINOv2's options (dinov2.py): the KoLeo regularizer's weight (0: off) and the teacher's centering.
+    koleo_weight: float = 0.0
+    centering: str = "ema"  # ema (DINO's running center) | sinkhorn_knopp (DINOv2)
 
     def validate(self) -> None:
         if not 0 <= self.momentum_teacher <= 1:
             raise UserError(f"dino.momentum_teacher must be in [0, 1], got {self.momentum_teacher}")
         if not (self.student_temp > 0 and self.teacher_temp > 0):
             raise UserError("dino temperatures must be positive")
+        if self.koleo_weight < 0:
+            raise UserError(f"dino.koleo_weight must be >= 0 (0: off), got {self.koleo_weight}")
+        if self.centering not in CENTERINGS:
+            raise UserError(f"dino.centering must be {' or '.join(CENTERINGS)}, got {self.centering!r}")
 
 
 class DINOHead(nn.Module):
@@ -120,36 +131,48 @@ class Center(nn.Module):
 
 @dataclass
 class TeacherTargets:
-    """One step's teacher: logits and centered, sharpened softmax per global view ((B, K) each)."""
+    """One step's teacher: logits and centered, sharpened softmax per global view ((B, K) each); with iBOT, the
+    masks and the teacher's logits and targets at the masked patches ((M, K))."""
 
     logits: list[Tensor]
     probs: list[Tensor]
     temperature: float
     n_pairs: int  # (teacher view, other student view) pairs the loss averages over
+    masks: Tensor | None = None
+    patch_logits: Tensor | None = None
+    patch_probs: Tensor | None = None
 
 
 class DINO(Objective):
     config_class = DinoConfig
 
     def __init__(self, model: ModelConfig, dino: DinoConfig,
-                 extra_heads: Callable[[int], dict[str, nn.Module]] | None = None):
-        """`extra_heads(width)`: heads beside the DINO head, built after it (the hybrid's Barlow projector)."""
+                 extra_heads: Callable[[int], dict[str, nn.Module]] | None = None, ibot: IBotConfig | None = None):
+        """`extra_heads(width)`: heads beside the DINO head, built after it (the hybrid's Barlow projector);
+        `ibot`: DINOv2's masked-patch objective, on when its weight is positive (its head then comes last)."""
         super().__init__()
         self.dino_cfg = dino
+        self.ibot_cfg = ibot if ibot is not None and ibot.weight > 0 else None
         backbone = create_backbone(model)
         heads = {"dino_head": DINOHead(backbone.num_features, dino.out_dim, dino.hidden_dim, dino.bottleneck_dim)}
         heads.update(extra_heads(backbone.num_features) if extra_heads else {})
+        mirrored = ["dino_head"]  # the heads the teacher copies
+        if self.ibot_cfg is not None:
+            heads["ibot_head"] = IBotHead(backbone.num_features, self.ibot_cfg)
+            mirrored.append("ibot_head")
         self.student = Student(backbone, heads)
         # Teacher: same backbone (no drop path) and DINO head, weights copied from the student, never trained directly.
         teacher_backbone = create_backbone(dataclasses.replace(model, drop_path_rate=0.0))
         teacher_backbone.load_state_dict(backbone.state_dict())
-        self.teacher = Student(teacher_backbone, {"dino_head": copy.deepcopy(heads["dino_head"])})
+        self.teacher = Student(teacher_backbone, {name: copy.deepcopy(heads[name]) for name in mirrored})
         self.teacher.requires_grad_(False)
         self.center = Center(dino.out_dim, dino.center_momentum)
+        if self.ibot_cfg is not None:
+            self.ibot_center = Center(self.ibot_cfg.out_dim, dino.center_momentum)
 
     @classmethod
     def from_config(cls, cfg) -> DINO:
-        return cls(cfg.model, cfg.objectives["dino"])
+        return cls(cfg.model, cfg.objectives["dino"], ibot=cfg.objectives["ibot"])
 
     # ------------------------------------------------------------------------------------------- per step
     def step_values(self, step: int, length: RunLength) -> dict[str, float]:
@@ -169,8 +192,10 @@ class DINO(Objective):
             self.student.dino_head.cancel_last_layer_gradients()
 
     def after_optimizer_step(self, values: Mapping[str, float]) -> None:
-        # The teacher mirrors the student's backbone and DINO head, in that order; nothing else (no projector).
-        mirrored = nn.ModuleDict({"backbone": self.student.backbone, "dino_head": self.student.dino_head})
+        # The teacher mirrors the student's backbone and its own heads (DINO's, iBOT's), in that order; nothing
+        # else (no projector).
+        mirrored = nn.ModuleDict({"backbone": self.student.backbone,
+                                  **{name: getattr(self.student, name) for name in self.teacher.head_names}})
         ema_update(self.teacher, mirrored, values["momentum"])
 
     @classmethod
@@ -178,36 +203,75 @@ class DINO(Objective):
         return dino_collapse_bands(cfg.objectives["dino"].out_dim)
 
     # ------------------------------------------------------------------------------------------- the loss
+    def patch_masks(self, global_views: list[Tensor]) -> Tensor | None:
+        if self.ibot_cfg is None:
+            return None
+        x = global_views[0]
+        patch = int(self.student.backbone.patch_embed.patch_size[0])
+        grid = (x.shape[-2] // patch, x.shape[-1] // patch)
+        return random_patch_masks(len(global_views) * x.shape[0], grid, self.ibot_cfg.mask_ratio, device=x.device)
+
     def targets(self, global_views: list[Tensor], n_local: int, values: Mapping[str, float], teacher: nn.Module,
-                autocast: Callable[[], AbstractContextManager]) -> TeacherTargets:
+                autocast: Callable[[], AbstractContextManager], masks: Tensor | None = None) -> TeacherTargets:
         with torch.no_grad(), autocast():
             self.teacher.eval()
-            logits = list(teacher(global_views)["dino_head"].float().chunk(len(global_views)))
+            out = teacher(global_views, **({"select": masks} if masks is not None else {}))
+        logits = list(out["dino_head"].float().chunk(len(global_views)))
         temperature = values["teacher_temp"]
-        return TeacherTargets(logits, dino_teacher_probs(logits, self.center.center, temperature), temperature,
-                              dino_pair_count(len(global_views), len(global_views) + n_local))
+        if self.dino_cfg.centering == "sinkhorn_knopp":
+            probs = list(sinkhorn_knopp(torch.cat(logits), temperature, distributed=_distributed()).chunk(len(logits)))
+        else:
+            probs = dino_teacher_probs(logits, self.center.center, temperature)
+        targets = TeacherTargets(logits, probs, temperature,
+                                 dino_pair_count(len(global_views), len(global_views) + n_local), masks)
+        if masks is not None:
+            targets.patch_logits = out["ibot_head"].float()
+            targets.patch_probs = (sinkhorn_knopp(targets.patch_logits, temperature, distributed=_distributed())
+                                   if self.dino_cfg.centering == "sinkhorn_knopp" else
+                                   dino_teacher_probs([targets.patch_logits], self.ibot_center.center, temperature)[0])
+        return targets
 
     def loss_parts(self, out: dict[str, Tensor], n_views: int, first_view: int, is_global: bool,
                    targets: TeacherTargets, distributed: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
         logits = list(out["dino_head"].float().chunk(n_views))
         dino = dino_cross_entropy_sum(logits, targets.probs, self.dino_cfg.student_temp, first_view)
-        return {"dino": dino / targets.n_pairs}, {}
+        parts = {"dino": dino / targets.n_pairs}
+        if is_global and self.dino_cfg.koleo_weight > 0:  # one batch per global view, as DINOv2
+            parts["koleo"] = sum(koleo_loss(f, distributed) for f in out["feats"].chunk(n_views))
+        if is_global and targets.masks is not None:
+            parts["ibot"] = ibot_loss(out["ibot_head"], targets.patch_probs, targets.masks, self.dino_cfg.student_temp)
+        return parts, {}
 
     def combine(self, parts: dict[str, Tensor]) -> Tensor:
-        return parts["dino"]
+        return self.with_dinov2_terms(parts["dino"], parts)
+
+    def with_dinov2_terms(self, loss: Tensor, parts: dict[str, Tensor]) -> Tensor:
+        """`loss` plus the weighted KoLeo and iBOT terms of `parts` that are there (none on the local crops)."""
+        if "koleo" in parts:
+            loss = loss + self.dino_cfg.koleo_weight * parts["koleo"]
+        if "ibot" in parts:
+            loss = loss + self.ibot_cfg.weight * parts["ibot"]
+        return loss
 
     def finish_step(self, sums: dict[str, Tensor], targets: TeacherTargets) -> dict[str, float]:
-        logs = teacher_signals(targets.logits, self.center.center, targets.temperature, sums["dino"])
-        self.center.update(targets.logits)
+        logs = teacher_signals(targets.probs, sums["dino"])
+        logs.update({f"loss_{name}": sums[name].item() for name in ("koleo", "ibot") if name in sums})
+        if self.dino_cfg.centering == "ema":
+            self.center.update(targets.logits)
+            if targets.patch_logits is not None:
+                self.ibot_center.update([targets.patch_logits])
         return logs
 
 
-def teacher_signals(teacher_logits: list[Tensor], center: Tensor, teacher_temp: float,
-                    loss_dino: Tensor) -> dict[str, float]:
-    """Teacher entropy and KL(teacher || student). Each teacher view meets the same number of student views,
-    so the mean cross-entropy minus the mean teacher entropy is exactly the mean KL over the loss's pairs."""
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def teacher_signals(teacher_probs: list[Tensor], loss_dino: Tensor) -> dict[str, float]:
+    """Teacher entropy (of its targets) and KL(teacher || student). Each teacher view meets the same number of
+    student views, so the mean cross-entropy minus the mean teacher entropy is exactly the mean KL over the pairs."""
     with torch.no_grad():
-        probs = F.softmax((torch.cat(teacher_logits) - center) / teacher_temp, dim=-1)
+        probs = torch.cat(teacher_probs)
         entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean().item()
     return {"teacher_entropy": entropy, "kl_teacher_student": loss_dino.item() - entropy}
 

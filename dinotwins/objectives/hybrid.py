@@ -22,6 +22,7 @@ from dinotwins.errors import UserError
 from dinotwins.models.config import ModelConfig
 from dinotwins.objectives.barlow import BarlowConfig, BarlowProjector, barlow_collapse_bands, barlow_terms
 from dinotwins.objectives.dino import DINO, DinoConfig, TeacherTargets, dino_collapse_bands
+from dinotwins.objectives.dinov2 import IBotConfig
 from dinotwins.objectives.losses import hybrid_loss
 from dinotwins.training.collapse import CollapseBand
 
@@ -41,15 +42,16 @@ class HybridConfig:
 class DinoTwins(DINO):
     config_class = HybridConfig
 
-    def __init__(self, model: ModelConfig, dino: DinoConfig, barlow: BarlowConfig, hybrid: HybridConfig):
+    def __init__(self, model: ModelConfig, dino: DinoConfig, barlow: BarlowConfig, hybrid: HybridConfig,
+                 ibot: IBotConfig | None = None):
         projector = lambda width: {"projector": BarlowProjector(width, tuple(barlow.proj_dims))}  # noqa: E731
-        super().__init__(model, dino, extra_heads=projector)
+        super().__init__(model, dino, extra_heads=projector, ibot=ibot)
         self.barlow_cfg, self.weights = barlow, hybrid
 
     @classmethod
     def from_config(cls, cfg) -> DinoTwins:
         sections = cfg.objectives
-        return cls(cfg.model, sections["dino"], sections["barlow"], sections["hybrid"])
+        return cls(cfg.model, sections["dino"], sections["barlow"], sections["hybrid"], sections["ibot"])
 
     @classmethod
     def collapse_bands(cls, cfg) -> list[CollapseBand]:
@@ -67,8 +69,8 @@ class DinoTwins(DINO):
     def combine(self, parts: dict[str, Tensor]) -> Tensor:
         """Linear in both terms; a resolution without a Barlow term (the local crops) adds zero of it."""
         barlow = parts.get("barlow", torch.zeros((), device=parts["dino"].device))
-        return hybrid_loss(parts["dino"], barlow, self.weights.w_dino, self.weights.w_barlow,
-                           1.0 / self.student.projector.out_dim)
+        return self.with_dinov2_terms(hybrid_loss(parts["dino"], barlow, self.weights.w_dino, self.weights.w_barlow,
+                                                  1.0 / self.student.projector.out_dim), parts)
 
     def finish_step(self, sums: dict[str, Tensor], targets: TeacherTargets) -> dict[str, float]:
         return {**super().finish_step(sums, targets), "loss_dino": sums["dino"].item(),

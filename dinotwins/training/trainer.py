@@ -141,7 +141,7 @@ class Trainer:
             self.student_runner, global_views, local_views, values, distributed=self.dist.enabled,
             teacher=self.teacher_runner, autocast=self._autocast,
             no_sync=self._ddp.no_sync if self._ddp is not None else None,
-            per_resolution=cfg.backward_per_resolution)
+            per_resolution=cfg.backward_per_resolution, packed=cfg.packed_crops)
         if not torch.isfinite(loss):
             raise TrainingStopped(f"loss is {loss.item()} at step {step}; stopped before the update "
                                   f"(last good checkpoint kept in {self.out / CHECKPOINT_DIR}). "
