@@ -107,3 +107,14 @@ def test_train_without_the_stamps_package_fails_in_one_line_and_writes_nothing(t
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "tuxpaint-stamps-default" in result.stderr
     assert not out.exists()
+
+
+def test_a_split_too_large_for_memory_renders_each_batch_with_the_same_pixels(monkeypatch):
+    eager = load_dataset("scenes:200", "train", image_size=32)
+    monkeypatch.setattr(scenes, "IN_MEMORY_BUDGET", 1000)
+    lazy = load_dataset("scenes:200", "train", image_size=32)
+    assert lazy.images is None and len(lazy) == 200 and lazy.image_shape == (3, 32, 32)
+    assert torch.equal(lazy.labels, eager.labels) and "made per batch" in lazy.describe()
+    picks = torch.tensor([7, 0, 199, 7])
+    assert torch.equal(lazy.get_batch(picks), eager.images[picks])
+    assert torch.equal(lazy[3][0], eager.images[3])

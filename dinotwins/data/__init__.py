@@ -42,7 +42,7 @@ SOURCES = {
                             "download", "dinotwins.data.fashion_mnist"),
     "synthetic": Source("synthetic[:N]", "N shapes on clutter, exact object masks (default 4096)",
                         "dinotwins.data.synthetic"),
-    "scenes": Source("scenes[:N]", "N objects pasted on photographs, exact masks (default 12000)",
+    "scenes": Source("scenes[:N]", "N objects pasted on photographs, exact masks (default 24000)",
                      "dinotwins.data.scenes"),
 }
 SPEC_SYNTAX = " | ".join(source.syntax for source in SOURCES.values())

@@ -3,7 +3,8 @@
 Images are (N, C, S, S) uint8, C = 1 or 3, with optional int64 labels, class names and exact boolean object
 masks (synthetic and scenes). A large image folder keeps only its files' paths; `get_batch` decodes each batch on a
 thread pool (`decode_image`), and a file unreadable by then is replaced by a black image, with a warning, so the
-batch keeps its size.
+batch keeps its size. A large generated set (scenes beyond the memory budget) keeps a `render` function instead
+and makes each batch when asked.
 
 What it is not: a source (see the registry in `dinotwins.data`), augmentation (augment.py) or a DataLoader;
 batches are index tensors from `EpochSampler` (sampler.py), gathered with `get_batch`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,21 +39,28 @@ class ImageDataset(torch.utils.data.Dataset):
     split: str = "train"
     files: list[Path] | None = None  # the images' paths when decoded per batch (large folders)
     storage_size: int = 32  # S, the side of every stored image
+    render: Callable[[Tensor], Tensor] | None = None  # int64 indices -> uint8 (B, 3, S, S), for generated sets
 
     def __len__(self) -> int:
-        return len(self.images) if self.images is not None else len(self.files or ())
+        if self.images is not None:
+            return len(self.images)
+        return len(self.files) if self.files is not None else len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         """(uint8 (C, S, S), label or -1 when unlabeled)."""
         label = int(self.labels[i]) if self.labels is not None else -1
         if self.images is not None:
             return self.images[i], label
+        if self.render is not None:
+            return self.render(torch.tensor([i]))[0], label
         return decode_or_blank(self.files[i], self.storage_size), label
 
     def get_batch(self, indices: Tensor) -> Tensor:
         """uint8 (B, C, S, S) for int64 indices (B,)."""
         if self.images is not None:
             return self.images[indices.to(self.images.device)]
+        if self.render is not None:
+            return self.render(indices.cpu())
         paths = [self.files[i] for i in indices.tolist()]
         with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
             return torch.stack(list(pool.map(lambda p: decode_or_blank(p, self.storage_size), paths)))
@@ -67,7 +76,7 @@ class ImageDataset(torch.utils.data.Dataset):
         """One line, e.g. 'fashion-mnist train: 60000 images 1x28x28, 10 classes'."""
         shape = "x".join(str(s) for s in self.image_shape)
         kind = f"{len(self.classes)} classes" if self.labels is not None and self.classes else "unlabeled"
-        where = "" if self.images is not None else ", decoded per batch"
+        where = "" if self.images is not None else ", made per batch" if self.render else ", decoded per batch"
         return f"{self.name} {self.split}: {len(self)} images {shape}, {kind}{where}"
 
 

@@ -19,7 +19,7 @@ balanced and shuffled. Everything is deterministic by (split, index): image i is
 seeded by (split seed, i), so the same spec gives the same pixels on every call and machine, and any image can be
 rendered alone.
 
-Pre-rendered, not rendered per batch (decision): the train split is rendered once at load time (about 0.1 ms
+Pre-rendered, not rendered per batch (decision): the train split is rendered once at load time (about 1 ms
 per 64 px image on one core) and held in memory like any other dataset, so training keeps its exact-resume
 guarantees and its data path; the per-epoch variety comes from the multi-crop augmentation on top. `scenes:N`
 sets the number of train images (default `TRAIN_SIZE`); the test split always has `TEST_SIZE`, so figures on it
@@ -41,6 +41,7 @@ from PIL import Image
 from torch import Tensor
 
 from dinotwins.data.dataset import ImageDataset
+from dinotwins.data.folder import IN_MEMORY_BUDGET
 from dinotwins.errors import UserError
 
 STAMPS_DIR = Path("/usr/share/tuxpaint/stamps")
@@ -92,7 +93,8 @@ class SceneSources:
 
 
 def load(spec: str, arg: str, split: str, size: int) -> ImageDataset:
-    """`scenes[:N]`'s split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S)."""
+    """`scenes[:N]`'s split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S); rendered per batch instead
+    (no masks) when N images would not fit `IN_MEMORY_BUDGET`."""
     try:
         n_train = int(arg) if arg else TRAIN_SIZE
     except ValueError:
@@ -102,24 +104,43 @@ def load(spec: str, arg: str, split: str, size: int) -> ImageDataset:
     if size < MIN_SIZE:
         raise UserError(f"scenes images need at least {MIN_SIZE} px, got {size}; raise the image size")
     n = n_train if split == "train" else TEST_SIZE
-    images, labels, masks = render_scenes(scene_sources(split), n, size, SEEDS[split])
-    return ImageDataset(spec, images, labels, list(CLASSES), masks=masks, split=split, storage_size=size)
+    sources, seed = scene_sources(split), SEEDS[split]
+    labels = scene_labels(n, seed)
+    if n * 3 * size * size > IN_MEMORY_BUDGET:  # a million-image collection: each batch rendered when asked for
+        return ImageDataset(spec, None, torch.from_numpy(labels), list(CLASSES), split=split, storage_size=size,
+                            render=lambda indices: render_indices(sources, labels, indices, size, seed)[0])
+    images, masks = render_indices(sources, labels, torch.arange(n), size, seed)
+    return ImageDataset(spec, images, torch.from_numpy(labels), list(CLASSES), masks=masks, split=split,
+                        storage_size=size)
 
 
 def render_scenes(sources: SceneSources, n: int, size: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     """n composites of `sources` at size x size, deterministic by seed (see the module docstring)."""
+    labels = scene_labels(n, seed)
+    images, masks = render_indices(sources, labels, torch.arange(n), size, seed)
+    return images, torch.from_numpy(labels), masks
+
+
+def scene_labels(n: int, seed: int) -> np.ndarray:
+    """int64 (n,): balanced labels, shuffled by (seed, n)."""
     master = np.random.default_rng([seed, n])
-    labels = master.permutation(np.arange(n) % len(CLASSES))
+    return master.permutation(np.arange(n) % len(CLASSES)).astype(np.int64)
+
+
+def render_indices(sources: SceneSources, labels: np.ndarray, indices: Tensor, size: int,
+                   seed: int) -> tuple[Tensor, Tensor]:
+    """(uint8 (B, 3, S, S), bool (B, S, S)): images `indices` of the split whose labels are `labels`; image i comes
+    from its own generator, seeded by (seed, i), so any image renders alone."""
     by_class = [[i for i, k in enumerate(sources.object_labels) if k == c] for c in range(len(CLASSES))]
-    images = np.empty((n, size, size, 3), dtype=np.uint8)
-    masks = np.empty((n, size, size), dtype=bool)
-    for i in range(n):
+    images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+    masks = np.empty((len(indices), size, size), dtype=bool)
+    for row, i in enumerate(indices.tolist()):
         rng = np.random.default_rng([seed, i])
-        obj = sources.objects[by_class[labels[i]][rng.integers(len(by_class[labels[i]]))]]
+        choices = by_class[labels[i]]
+        obj = sources.objects[choices[rng.integers(len(choices))]]
         background = sources.backgrounds[rng.integers(len(sources.backgrounds))]
-        images[i], masks[i] = render_one(obj, background, size, rng)
-    return (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels.astype(np.int64)),
-            torch.from_numpy(masks))
+        images[row], masks[row] = render_one(obj, background, size, rng)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)
 
 
 def render_one(obj: np.ndarray, background: np.ndarray, size: int,
