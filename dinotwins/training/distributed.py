@@ -50,6 +50,15 @@ def setup(device_name: str) -> DistInfo:
     return DistInfo(rank, world_size, local_rank, device)
 
 
+def current() -> DistInfo:
+    """This process's place in the group `setup` joined (rank 0 of 1 without one), on the CPU or its GPU."""
+    if dist.is_available() and dist.is_initialized():
+        device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if dist.get_backend() == "nccl"
+                  else torch.device("cpu"))
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), device)
+    return DistInfo(0, 1, 0, torch.device("cpu"))
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
