@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     p.add_argument("--data-pipeline", action="store_true", help="measure the data pipeline instead")
+    p.add_argument("--retrieval", type=Path, metavar="DIR",
+                   help="measure search in an extraction folder's index instead (python -m dinotwins.index DIR)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return p
 
@@ -168,10 +170,15 @@ def bench_data(cfg: TrainConfig, steps: int) -> dict[str, float | str]:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        cfg = bench_config(args)
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = bench_data(cfg, args.steps) if args.data_pipeline else bench_step(cfg, args.steps, args.warmup)
+        if args.retrieval is not None:
+            from dinotwins.collection.bench import bench_retrieval
+
+            result = bench_retrieval(args.retrieval)
+        else:
+            cfg = bench_config(args)
+            result = bench_data(cfg, args.steps) if args.data_pipeline else bench_step(cfg, args.steps, args.warmup)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -163,3 +163,13 @@ def test_an_index_of_another_extraction_or_a_damaged_one_is_refused(tmp_path):
     (first.folder / "index.json").write_text(json.dumps({**record, "nprobe": 3}))
     with pytest.raises(UserError, match="no usable index.faiss"):
         index_module.open_index(first)
+
+
+def test_the_retrieval_benchmark_reports_size_latency_and_recall_in_its_last_line(tmp_path):
+    collection = clustered_collection(tmp_path / "c", 3000)
+    index_module.build_index(collection)
+    result = subprocess.run([sys.executable, "-m", "dinotwins.bench", "--retrieval", str(collection.folder), "--json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["num_vectors"] == 3000 and report["recall_at_10"] == 1.0 and report["query_p50_ms"] > 0
