@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run dir, exported .safetensors or official DINO .pth (default: the demo models)")
     p.add_argument("--gallery", metavar="SPEC", help=f"{SPEC_SYNTAX} (default: Fashion-MNIST test when present, "
                    "else synthetic)")
+    p.add_argument("--index", nargs="+", metavar="DIR",
+                   help="prebuilt collections (python -m dinotwins.extract, then python -m dinotwins.index), one per "
+                        "MODEL in order, memory-mapped: the gallery is theirs; MODEL may then be left out")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
@@ -44,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         from app.ui import build_app, launch_options
 
         cache = ArtifactCache(Path(args.cache_dir).expanduser() if args.cache_dir else None)
-        entries, gallery, notices = open_models_and_gallery(args.models, args.gallery, cache_root=cache.root,
-                                                            demo=args.demo, device=args.device)
+        entries, gallery, notices, collections = open_models_and_gallery(
+            args.models, args.gallery, cache_root=cache.root, demo=args.demo, device=args.device,
+            collections=args.index)
         print(f"models: {', '.join(e.label for e in entries)}; gallery: {gallery.spec} ({len(gallery)} images); "
               f"cache: {cache.root}", flush=True)
-        demo = build_app(entries, gallery, cache=cache, notice=" ".join(notices))
+        demo = build_app(entries, gallery, cache=cache, notice=" ".join(notices), collections=collections)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="*", metavar="MODEL", help="as for python -m app (default: the demo models)")
     p.add_argument("--demo", default="scenes", metavar="SET", help="as for python -m app (default: scenes)")
     p.add_argument("--gallery", metavar="SPEC", help="as for python -m app (default: as there)")
+    p.add_argument("--index", nargs="+", metavar="DIR", help="as for python -m app: prebuilt collections")
     p.add_argument("--threads", type=int, default=2, help="torch and FAISS threads (default 2)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement, after 3 warm-up runs")
     p.add_argument("--cache-dir", type=Path, help="app cache (default $DINOTWINS_CACHE or ~/.cache/dinotwins/app)")
@@ -73,15 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     faiss.omp_set_num_threads(args.threads)
     try:
         cache = ArtifactCache(args.cache_dir)
-        entries, gallery, notices = open_models_and_gallery(args.models, args.gallery, cache_root=cache.root,
-                                                            demo=args.demo)
+        entries, gallery, notices, collections = open_models_and_gallery(
+            args.models, args.gallery, cache_root=cache.root, demo=args.demo, collections=args.index)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for line in notices:
         print(f"note: {line}", file=sys.stderr)
 
-    explorer = Explorer(entries, gallery, cache)
+    explorer = Explorer(entries, gallery, cache, collections=collections)
     first_time = time.perf_counter()
     explorer.prepare()
     explorer.projection()
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                                               args.repeats)
 
     def cached_projection() -> None:
-        fresh = Explorer(entries, gallery, cache)
+        fresh = Explorer(entries, gallery, cache, collections=collections)
         result = fresh.projection()
         projection_figure(fresh.labels, result.layouts, result.indices,
                                      None if gallery.labels is None else gallery.labels[result.indices],

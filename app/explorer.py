@@ -1,6 +1,11 @@
 """The app's shared state: its models, its gallery, and what is derived from them (embeddings, FAISS indexes,
 scores, UMAP layouts), each computed once, on first use, and kept in memory and in the on-disk cache.
 
+Two kinds of gallery: one held in memory, embedded by the app itself (the evaluation's features, an exact index);
+or a prebuilt collection per model (`collections`: extraction folders with their indexes, memory-mapped, opened at
+once, for galleries of millions), where nothing is embedded in the app and the projection's scores are measured on
+its seeded sample.
+
 One `Explorer` per built app (no module globals). Handlers for every tab take it as their first argument.
 Work is serialized by a lock (one for embeddings/indexes/scores, one for the long UMAP work): two browser tabs
 asking for the same embeddings compute them once.
@@ -54,7 +59,7 @@ class Projection:
 
     indices: np.ndarray  # (n,) gallery indices
     layouts: list[np.ndarray]  # per model (n, 2), aligned to the first
-    knn: list[float | None]  # leave-one-out k-NN accuracy on the whole gallery
+    knn: list[float | None]  # leave-one-out k-NN accuracy on the whole gallery (a collection: on the subsample)
     silhouette: list[float | None]  # cosine silhouette of the subsample's embeddings
 
 
@@ -66,6 +71,7 @@ class Explorer:
     umap_points: int = projection.UMAP_POINTS
     umap_epochs: int | None = None  # None: UMAP's default (200 epochs for > 10k points, else 500)
     seed: int = projection.SEED
+    collections: list | None = None  # one opened `Collection` per model: a prebuilt gallery (see the docstring)
     _embeddings: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _indexes: dict[int, faiss.Index] = field(default_factory=dict, repr=False)
     _scores: dict[int, dict] = field(default_factory=dict, repr=False)
@@ -103,10 +109,22 @@ class Explorer:
                 self._embeddings[i] = l2_normalize(features)
             return self._embeddings[i]
 
+    def rows(self, i: int, indices: np.ndarray) -> np.ndarray:
+        """(len(indices), D) L2-normalized float32 embeddings of those gallery images by model i."""
+        if self.collections:
+            return l2_normalize(self.collections[i].take(np.asarray(indices)))
+        return self.embeddings(i)[indices]
+
     def index(self, i: int, progress: Progress = no_progress) -> faiss.Index:
-        """Exact cosine (inner-product) FAISS index over model i's gallery embeddings."""
+        """Cosine (inner-product) FAISS index over model i's gallery: the collection's own (memory-mapped, tuned)
+        or an exact one over the app's embeddings."""
         with self._lock:
             if i in self._indexes:
+                return self._indexes[i]
+            if self.collections:
+                from dinotwins.collection.index import open_index
+
+                self._indexes[i] = open_index(self.collections[i])[0]
                 return self._indexes[i]
             embeddings = self.embeddings(i, progress)
             key = self.key(i)
@@ -116,6 +134,14 @@ class Explorer:
                 self.cache.save_index(key, "index.faiss", index)
             self._indexes[i] = index
             return index
+
+    def place(self, i: int, query: np.ndarray, result: Projection, k: int = 10) -> np.ndarray:
+        """(2,) position of a query embedding (D,) in model i's aligned layout: the mean of its k most similar
+        projected images' positions, weighted by similarity (an out-of-sample placement; UMAP is not refitted)."""
+        sims = self.rows(i, result.indices) @ l2_normalize(query[None])[0]
+        nearest = np.argsort(-sims)[:k]
+        weights = np.maximum(sims[nearest], 1e-6)
+        return (result.layouts[i][nearest] * weights[:, None]).sum(0) / weights.sum()
 
     def prepare(self, progress: Progress = no_progress) -> None:
         """Embeddings and indexes of every model (what retrieval needs), with progress."""
@@ -133,7 +159,7 @@ class Explorer:
         for i, entry in enumerate(self.entries):
             index = self.index(i, _share(progress, i, len(self.entries)))
             if query_index is not None:
-                query = self.embeddings(i)[query_index:query_index + 1]
+                query = self.rows(i, np.array([query_index]))
             else:
                 query = self.embed_images(i, [image])
             sims, ids = search(index, query, k, exclude=query_index)
@@ -155,10 +181,15 @@ class Explorer:
             if value is None or set(value) != {"knn", "silhouette"}:
                 value = {"knn": None, "silhouette": None}
                 if self.gallery.labels is not None:
-                    embeddings = self.embeddings(i, progress)
                     progress(0.0, desc=f"k-NN accuracy of {self.entries[i].label}")
-                    value["knn"] = scores.knn_accuracy_leave_one_out(self.index(i), embeddings, self.gallery.labels)
-                    value["silhouette"] = scores.silhouette(embeddings[indices], self.gallery.labels[indices])
+                    if self.collections:  # millions of images: the vote among the projected sample only
+                        sample, labels = self.rows(i, indices), self.gallery.labels[indices]
+                        value["knn"] = scores.knn_accuracy_leave_one_out(exact_index(sample), sample, labels)
+                    else:
+                        embeddings = self.embeddings(i, progress)
+                        value["knn"] = scores.knn_accuracy_leave_one_out(self.index(i), embeddings,
+                                                                         self.gallery.labels)
+                    value["silhouette"] = scores.silhouette(self.rows(i, indices), self.gallery.labels[indices])
                 self.cache.save_json(key, name, value)
             self._scores[i] = {k: (None if v is None else float(v)) for k, v in value.items()}
             return self._scores[i]
@@ -177,9 +208,9 @@ class Explorer:
                 key = self.key(i)
                 layout = self.cache.load_array(key, name, shape=(len(indices), 2), dtype=np.float32)
                 if layout is None:
-                    embeddings = self.embeddings(i, _share(step, 0, 2))
+                    sample = self.rows(i, indices)
                     step(0.5, desc=f"UMAP of {len(indices)} images for {entry.label} (first time only)")
-                    layout = projection.umap_2d(embeddings[indices], seed=self.seed, n_epochs=self.umap_epochs)
+                    layout = projection.umap_2d(sample, seed=self.seed, n_epochs=self.umap_epochs)
                     self.cache.save_array(key, name, layout)
                 layouts.append(layout)
                 value = self.scores(i, indices, step)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +27,11 @@ MAX_SIZE = 96  # gallery pixels per side at most; models with larger inputs upsa
 @dataclass(frozen=True, eq=False)
 class Gallery:
     spec: str
-    images: np.ndarray  # uint8 (N, S, S, C), C = 1 or 3
+    images: np.ndarray | None  # uint8 (N, S, S, C), C = 1 or 3; None for a collection's gallery (`dataset`)
     labels: np.ndarray | None  # int64 (N,); None when unlabeled
     classes: list[str] | None
     key: str = field(default="")
+    dataset: Any = None  # a collection's images, decoded or rendered one at a time when shown
 
     def __post_init__(self):
         if not self.key:
@@ -39,11 +41,11 @@ class Gallery:
             object.__setattr__(self, "key", digest.hexdigest()[:32])
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) if self.images is not None else len(self.dataset)
 
     @property
     def size(self) -> int:
-        return int(self.images.shape[1])
+        return int(self.images.shape[1]) if self.images is not None else int(self.dataset.storage_size)
 
     @property
     def labelled(self) -> bool:
@@ -51,7 +53,7 @@ class Gallery:
 
     def image(self, index: int) -> Image.Image:
         """Gallery image `index` as RGB."""
-        pixels = self.images[index]
+        pixels = self.images[index] if self.images is not None else self.dataset[index][0].permute(1, 2, 0).numpy()
         return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).convert("RGB")
 
     def label_name(self, index: int) -> str:
@@ -65,6 +67,8 @@ class Gallery:
         embeddings come from the evaluation's own feature extraction and cache."""
         from dinotwins.data.dataset import ImageDataset
 
+        if self.dataset is not None:
+            return self.dataset
         labels = None if self.labels is None else torch.from_numpy(self.labels)
         return ImageDataset(f"gallery:{self.spec}", torch.from_numpy(self.images).permute(0, 3, 1, 2), labels,
                             self.classes, split="test", storage_size=self.size)
@@ -78,6 +82,20 @@ class Gallery:
             return list(range(min(limit, len(self))))
         _, first = np.unique(self.labels, return_index=True)
         return sorted(int(i) for i in first)[:limit]
+
+
+def collection_gallery(manifest, labels: np.ndarray) -> Gallery:
+    """The gallery of an extraction (`dinotwins.collection`): its data and split, nothing decoded until shown
+    (a folder decodes, scenes render, one image at a time), its labels from the shards, keyed by the extraction."""
+    from dinotwins.data import load_dataset
+
+    dataset = load_dataset(manifest.data, manifest.split, image_size=manifest.model["image_size"], budget=0)
+    if len(dataset) != manifest.count:
+        raise UserError(f"{manifest.data} {manifest.split} now holds {len(dataset)} images where the extraction "
+                        f"has {manifest.count}; extract it again")
+    labelled = manifest.classes is not None and bool((labels >= 0).any())
+    return Gallery(spec=f"{manifest.data} ({manifest.split})", images=None, labels=labels if labelled else None,
+                   classes=manifest.classes if labelled else None, key=manifest.extraction, dataset=dataset)
 
 
 def gallery_size(model_sizes: list[int]) -> int:

@@ -127,11 +127,15 @@ def smoke_model(method: str, root: Path, progress: Callable[[str], None] = print
 
 
 def open_models_and_gallery(specs: list[str], gallery_spec: str | None, *, cache_root: Path,
-                            demo: str = DEFAULT_DEMO, device: str = "cpu"):
-    """(entries, gallery, notices) for a launch: the given models (else the demo set) and the given gallery
-    (else the test split of what the first model trained on, else `gallery.DEFAULT_SPECS`)."""
+                            demo: str = DEFAULT_DEMO, device: str = "cpu", collections: list[str] | None = None):
+    """(entries, gallery, notices, opened collections or None) for a launch: the given models (else the demo set)
+    and the given gallery (else the test split of what the first model trained on, else `gallery.DEFAULT_SPECS`).
+    With `collections` (extraction folders, one per model in order; the models may be left out, then each folder's
+    own is opened), the gallery is theirs and nothing is embedded here (see app/explorer.py)."""
     from app.gallery import DEFAULT_SPECS, gallery_size, load_gallery
 
+    if collections:
+        return _open_collections(specs, collections, gallery_spec, device)
     notices = []
     if not specs:
         specs, notice = default_model_specs(cache_root, demo)
@@ -141,4 +145,30 @@ def open_models_and_gallery(specs: list[str], gallery_spec: str | None, *, cache
     gallery, notice = load_gallery(gallery_spec, gallery_size([e.model.image_size for e in entries]),
                                    [*trained_on[:1], *DEFAULT_SPECS])
     notices.append(notice)
-    return entries, gallery, [n for n in notices if n]
+    return entries, gallery, [n for n in notices if n], None
+
+
+def _open_collections(specs: list[str], folders: list[str], gallery_spec: str | None, device: str):
+    from app.gallery import collection_gallery
+    from dinotwins.collection.shards import Collection
+
+    opened = [Collection(Path(folder).expanduser()) for folder in folders]
+    if specs and len(specs) != len(opened):
+        raise UserError(f"{len(specs)} models but {len(opened)} --index folders; give one folder per model, in order")
+    specs = specs or [c.manifest.model_path for c in opened]
+    entries = ModelCache(device=device).entries(specs)
+    first = opened[0].manifest
+    for entry, collection in zip(entries, opened):
+        made_by = collection.manifest.model
+        if made_by["weights_hash"] != entry.model.weights_hash:
+            raise UserError(f"{collection.folder} holds embeddings of {made_by['name']}, not of {entry.label}; "
+                            f"extract with that model or pass the folder made with it")
+        if (collection.manifest.data, collection.manifest.split, collection.manifest.count) != \
+                (first.data, first.split, first.count):
+            raise UserError(f"{collection.folder} holds {collection.manifest.data} {collection.manifest.split} where "
+                            f"{opened[0].folder} holds {first.data} {first.split}; extract the same images for "
+                            f"every model")
+    if gallery_spec is not None and gallery_spec != first.data:
+        raise UserError(f"--gallery {gallery_spec} differs from the extraction's data {first.data}; leave --gallery "
+                        f"out with --index")
+    return entries, collection_gallery(first, opened[0].labels), [], opened

@@ -39,11 +39,13 @@ def launch_options(host: str = "127.0.0.1", port: int | None = 7860, share: bool
 
 
 def build_app(models: list[ModelEntry], gallery: Gallery, *, cache: ArtifactCache | None = None,
-              notice: str = "", umap_epochs: int | None = None, umap_points: int | None = None) -> gr.Blocks:
-    """The whole explorer for these models and this gallery (nothing is launched here)."""
+              notice: str = "", umap_epochs: int | None = None, umap_points: int | None = None,
+              collections: list | None = None) -> gr.Blocks:
+    """The whole explorer for these models and this gallery (nothing is launched here); `collections`: one opened
+    extraction per model, the gallery's prebuilt embeddings and indexes."""
     harden_pil()
     atomic_gradio_image_cache()
-    explorer = Explorer(models, gallery, cache or ArtifactCache(), umap_epochs=umap_epochs,
+    explorer = Explorer(models, gallery, cache or ArtifactCache(), umap_epochs=umap_epochs, collections=collections,
                         **({"umap_points": umap_points} if umap_points else {}))
     examples = example_queries(gallery)
 

@@ -63,6 +63,9 @@ class TrainConfig:
     # DINOv2's sequence packing: all crops of an image in one sequence, one forward pass with a block-diagonal
     # attention mask (models/tokens.py); one joint backward. The same loss and gradients (tested), another speed.
     packed_crops: bool = False
+    # Processes decoding the next batches while the step runs (data/loader.py); -1: none for data held in memory,
+    # 4 (at most the CPUs) for data decoded or rendered per batch (large folders, large generated sets).
+    data_workers: int = -1
     save_every: int = 500  # steps between resumable checkpoints
     log_every: int = 10  # steps between metrics.jsonl rows
     keep_checkpoints: int = 2  # resumable checkpoints kept, newest first
@@ -88,6 +91,7 @@ class TrainConfig:
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}"),
             (self.save_every >= 1, f"--save-every must be at least 1 step, got {self.save_every}"),
             (self.export_every >= 0, f"--export-every must be 0 (off) or a step count, got {self.export_every}"),
+            (self.data_workers >= -1, f"data_workers must be -1 (auto), 0 or a process count, got {self.data_workers}"),
             (self.log_every >= 1, f"log_every must be at least 1 step, got {self.log_every}"),
             (self.keep_checkpoints >= 2, f"keep_checkpoints must be at least 2, got {self.keep_checkpoints}"),
             (self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}"),

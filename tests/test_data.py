@@ -411,3 +411,20 @@ def test_every_registered_source_is_a_module_with_a_load_function_and_a_spec_syn
         assert callable(importlib.import_module(source.module).load), kind
     assert SPEC_SYNTAX.split(" | ") == [source.syntax for source in SOURCES.values()]
     assert {"folder", "cifar10", "fashion-mnist", "synthetic", "scenes"} <= set(SOURCES)
+
+
+def test_worker_processes_decode_the_same_batches_ahead_of_the_step(tmp_path, monkeypatch):
+    from dinotwins.data import folder as folder_source
+    from dinotwins.data.loader import StepBatches, prefetched, workers_for
+    from dinotwins.data.sampler import EpochSampler
+
+    for i in range(24):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i:02d}.jpg")
+    monkeypatch.setattr(folder_source, "IN_MEMORY_BUDGET", 0)
+    data = load_dataset(f"folder:{tmp_path}", "train", image_size=16)
+    assert data.images is None and workers_for(-1, data) >= 1 and workers_for(0, data) == 0
+    steps = StepBatches(data, EpochSampler(len(data), 5, seed=3), steps_per_epoch=4)
+    in_process = list(prefetched(steps, 2, 9, workers=0))
+    in_workers = list(prefetched(steps, 2, 9, workers=2))
+    assert len(in_workers) == 7 and all(torch.equal(a, b) for a, b in zip(in_process, in_workers))

@@ -168,3 +168,25 @@ def test_help_and_a_bad_flag_import_no_torch(tmp_path, args, code):
     assert r.stdout.strip().splitlines()[-2:] == [f"exit {code}", "heavy:"], r.stdout + r.stderr
     if code:
         assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr
+
+
+def test_a_folder_decoded_by_workers_trains_the_same_model_and_logs_the_data_wait(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from dinotwins.data import folder as folder_source
+    from dinotwins.training.trainer import train
+    from tests.conftest import smoke_config
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(40):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(
+            images / f"{i:02d}.jpg")
+    monkeypatch.setattr(folder_source, "IN_MEMORY_BUDGET", 0)  # decoded per batch, as a large folder is
+    runs = {w: train(smoke_config("dino", data=f"folder:{images}", data_workers=w, precision="fp32"),
+                     tmp_path / f"w{w}", progress=False) for w in (0, 2)}
+    weights = {w: tensors(run / "model.safetensors") for w, run in runs.items()}
+    assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    rows = [json.loads(line) for line in (runs[2] / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["data_wait"] < 1.0 for r in rows)

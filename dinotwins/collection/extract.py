@@ -34,7 +34,7 @@ BATCH_SIZE = 256
 
 
 def extract(model, dataset, out: Path, *, shard_size: int = SHARD_SIZE, batch_size: int = BATCH_SIZE,
-            progress: bool = True) -> Manifest:
+            progress: bool = True, model_path: str | Path = "") -> Manifest:
     """Write (or complete) the extraction of `dataset` under `model` into `out`; returns its manifest. Under
     torchrun, call it in every rank after `distributed.setup` (the model on the rank's device)."""
     from dinotwins.data.augment import eval_transform
@@ -46,7 +46,8 @@ def extract(model, dataset, out: Path, *, shard_size: int = SHARD_SIZE, batch_si
                                  "image_size": model.image_size, "embed_dim": model.embed_dim},
                           data=dataset.name, split=dataset.split, count=len(dataset), shard_size=shard_size,
                           dim=model.embed_dim, classes=list(dataset.classes) if dataset.classes else None,
-                          preprocessing=PREPROCESSING_VERSION)
+                          preprocessing=PREPROCESSING_VERSION,
+                          model_path=str(Path(model_path).resolve()) if model_path else "")
     out = Path(out)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -112,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
 
         info = distributed.setup(args.device)
         model = load_model(args.model, device=info.device)
-        dataset = load_dataset(args.data, args.split, image_size=model.image_size)
+        dataset = load_dataset(args.data, args.split, image_size=model.image_size, budget=0)
         start = time.perf_counter()
         manifest = extract(model, dataset, args.out, shard_size=args.shard_size, batch_size=args.batch_size,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, model_path=args.model)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

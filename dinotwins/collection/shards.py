@@ -1,8 +1,8 @@
 """A collection's embeddings on disk: fixed-size shards under one folder, described by a manifest.
 
 Layout of an extraction folder DIR:
-- `collection.json`: the manifest: a random `extraction` id, the model (name, weights hash, input size, width), the
-  data spec and split, the image count, the shard size, the dtype (float16), the preprocessing version, the class
+- `collection.json`: the manifest: a random `extraction` id, the model (name, weights hash, input size, width, and
+  the path it was loaded from), the data spec and split, the image count, the shard size, the dtype (float16), the preprocessing version, the class
   names;
 - per shard k, holding images [k * shard_size, (k + 1) * shard_size): `shard_0000k.npy` (float16 (n, D) CLS
   embeddings), `.ids.npy` (int64 (n,) image indices), `.labels.npy` (int64 (n,), -1 when unlabeled) and
@@ -43,6 +43,7 @@ class Manifest:
     dtype: str = "float16"
     format: int = FORMAT
     complete: bool = False
+    model_path: str = ""  # where the model was loaded from, so the explorer can open it with the collection
 
     @property
     def shards(self) -> int:
@@ -55,7 +56,7 @@ class Manifest:
     def same_extraction(self, other: Manifest) -> bool:
         """Whether `other` describes the same job (everything but the id and completion)."""
         mine, theirs = asdict(self), asdict(other)
-        for key in ("extraction", "complete"):
+        for key in ("extraction", "complete", "model_path"):
             mine.pop(key), theirs.pop(key)
         return mine == theirs
 

@@ -1,7 +1,8 @@
 """Datasets behind `--data SPEC`: one file per source, registered here, plus the sampler and the augmentation.
 
 A spec is `KIND[:ARG]`; `SOURCES` maps each kind to its syntax, a one-line help and the module that loads it
-(`load(spec, arg, split, size) -> ImageDataset`). The `--data` help of train.py, `python -m dinotwins.evaluate`
+(`load(spec, arg, split, size, budget) -> ImageDataset`; `budget`: the bytes of decoded images the source may hold
+in memory, beyond which a source that can decodes or renders each batch when asked; the default when not given). The `--data` help of train.py, `python -m dinotwins.evaluate`
 and `python -m app` is `SPEC_SYNTAX`, and `sources_help()` lists every source with its help. Source modules are
 imported only when a spec asks for them, so this registry stays torch-free for the command lines' --help.
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 class Source:
     syntax: str  # how a spec names it, e.g. "folder:PATH"
     help: str  # one line for --help
-    module: str  # the module whose `load(spec, arg, split, size)` returns its ImageDataset
+    module: str  # the module whose `load(spec, arg, split, size, budget)` returns its ImageDataset
 
 
 SOURCES = {
@@ -54,9 +55,10 @@ def sources_help() -> str:
     return "\n".join(f"  {source.syntax:<{width}}  {source.help}" for source in SOURCES.values())
 
 
-def load_dataset(spec: str, split: str = "train", *, image_size: int = 32,
-                 storage_size: int | None = None) -> ImageDataset:
-    """The dataset named by `spec` (see `SOURCES`), split "train" or "test"."""
+def load_dataset(spec: str, split: str = "train", *, image_size: int = 32, storage_size: int | None = None,
+                 budget: int | None = None) -> ImageDataset:
+    """The dataset named by `spec` (see `SOURCES`), split "train" or "test"; `budget` (bytes) as in the module
+    docstring (0: nothing held in memory where the source can avoid it)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     size = storage_size or image_size
@@ -65,4 +67,5 @@ def load_dataset(spec: str, split: str = "train", *, image_size: int = 32,
     kind, _, arg = spec.strip().partition(":")
     if kind not in SOURCES:
         raise UserError(f"unknown data spec {spec!r}; use one of {', '.join(s.syntax for s in SOURCES.values())}")
-    return importlib.import_module(SOURCES[kind].module).load(spec, arg, split, size)
+    module = importlib.import_module(SOURCES[kind].module)
+    return module.load(spec, arg, split, size) if budget is None else module.load(spec, arg, split, size, budget)

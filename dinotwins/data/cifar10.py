@@ -18,7 +18,7 @@ from dinotwins.data.dataset import ImageDataset
 from dinotwins.errors import UserError
 
 
-def load(spec: str, arg: str, split: str, size: int) -> ImageDataset:
+def load(spec: str, arg: str, split: str, size: int, budget: int = 0) -> ImageDataset:
     """CIFAR-10 keeps its native 32 px whatever `size` is asked for."""
     if not arg:
         raise UserError("cifar10 needs a path: --data cifar10:PATH (the folder holding data_batch_1 ...)")

@@ -24,7 +24,7 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Bag", "Ankle boot")
 
 
-def load(spec: str, arg: str, split: str, size: int) -> ImageDataset:
+def load(spec: str, arg: str, split: str, size: int, budget: int = 0) -> ImageDataset:
     """Fashion-MNIST keeps its native 28 px whatever `size` is asked for."""
     prefix = "train" if split == "train" else "t10k"
     given = [Path(arg).expanduser()] if arg else []

@@ -8,8 +8,9 @@ EXIF orientation applied, the shorter side resized to the storage size and cente
 Splits (a decision): when PATH has `train/` and `test/` (or `val/`) subfolders those are the splits; otherwise both
 splits are the whole folder (there is nothing set aside to hold out; evaluation on it is a fit measure).
 
-Memory: when N * 3 * S * S bytes fit `IN_MEMORY_BUDGET` (2 GB) the folder is decoded once, at load time, by a
-thread pool; beyond that only the paths are kept and `ImageDataset.get_batch` decodes each batch.
+Memory: when N * 3 * S * S bytes fit the budget (`IN_MEMORY_BUDGET`, 2 GB, unless the caller gives another) the
+folder is decoded once, at load time, by a thread pool; beyond that only the paths are kept and
+`ImageDataset.get_batch` decodes each batch.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 IN_MEMORY_BUDGET = 2 * 1024**3  # bytes of decoded uint8 images held in memory; larger folders decode per batch
 
 
-def load(spec: str, arg: str, split: str, size: int) -> ImageDataset:
+def load(spec: str, arg: str, split: str, size: int, budget: int | None = None) -> ImageDataset:
     if not arg:
         raise UserError("folder needs a path: --data folder:PATH")
     root = Path(arg).expanduser()
@@ -48,7 +49,7 @@ def load(spec: str, arg: str, split: str, size: int) -> ImageDataset:
                         f"point --data folder: at a folder of images")
     files = [f for f, _ in pairs]
     labels = torch.tensor([k for _, k in pairs], dtype=torch.int64) if labeled else None
-    if len(files) * 3 * size * size > IN_MEMORY_BUDGET:
+    if len(files) * 3 * size * size > (IN_MEMORY_BUDGET if budget is None else budget):
         return ImageDataset(spec, None, labels, classes, split=split, files=files, storage_size=size)
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
         decoded = list(pool.map(lambda p: decode_image(p, size), files))

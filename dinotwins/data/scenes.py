@@ -92,9 +92,9 @@ class SceneSources:
     background_files: tuple[str, ...]
 
 
-def load(spec: str, arg: str, split: str, size: int) -> ImageDataset:
+def load(spec: str, arg: str, split: str, size: int, budget: int | None = None) -> ImageDataset:
     """`scenes[:N]`'s split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S); rendered per batch instead
-    (no masks) when N images would not fit `IN_MEMORY_BUDGET`."""
+    (no masks) when N images would not fit `budget` bytes."""
     try:
         n_train = int(arg) if arg else TRAIN_SIZE
     except ValueError:
@@ -106,7 +106,7 @@ def load(spec: str, arg: str, split: str, size: int) -> ImageDataset:
     n = n_train if split == "train" else TEST_SIZE
     sources, seed = scene_sources(split), SEEDS[split]
     labels = scene_labels(n, seed)
-    if n * 3 * size * size > IN_MEMORY_BUDGET:  # a million-image collection: each batch rendered when asked for
+    if n * 3 * size * size > (IN_MEMORY_BUDGET if budget is None else budget):  # each batch rendered when asked
         return ImageDataset(spec, None, torch.from_numpy(labels), list(CLASSES), split=split, storage_size=size,
                             render=lambda indices: render_indices(sources, labels, indices, size, seed)[0])
     images, masks = render_indices(sources, labels, torch.arange(n), size, seed)

@@ -47,7 +47,7 @@ _SHAPES: tuple[Callable[[Tensor, Tensor], Tensor], ...] = (
 )
 
 
-def load(spec: str, arg: str, split: str, size: int) -> ImageDataset:
+def load(spec: str, arg: str, split: str, size: int, budget: int = 0) -> ImageDataset:
     try:
         n_train = int(arg) if arg else TRAIN_SIZE
     except ValueError:

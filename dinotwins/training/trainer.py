@@ -18,6 +18,7 @@ import math
 import signal
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from dinotwins.models.export import EXPORT_NAME, export_backbone
 from dinotwins.objectives import build_objective
 from dinotwins.training import distributed, schedules
 from dinotwins.training.checkpoint import latest_good, list_checkpoints, save_checkpoint
+from dinotwins.data.loader import StepBatches, prefetched, workers_for
 from dinotwins.training.collapse import CollapseMonitor, embedding_band
 from dinotwins.training.precision import pick_precision
 from dinotwins.training.runlog import RunLog
@@ -168,22 +170,39 @@ class Trainer:
             return self.images_on_device[indices.to(self.device)]
         return self.dataset.get_batch(indices).to(self.device, non_blocking=True)
 
+    def batches(self) -> Iterator[torch.Tensor]:
+        """The run's batches from the current step on, on the device: from device memory, or decoded ahead of the
+        step by worker processes (`data_workers`, data/loader.py)."""
+        total = self.length.total_steps
+        if self.images_on_device is not None:
+            for step in range(self.step, total):
+                yield self.batch(step)
+            return
+        steps = StepBatches(self.dataset, self.sampler, self.length.steps_per_epoch)
+        for images in prefetched(steps, self.step, total, workers_for(self.cfg.data_workers, self.dataset)):
+            yield images.to(self.device, non_blocking=True)
+
     def run(self) -> Path:
         cfg, total = self.cfg, self.length.total_steps
         images_per_step = cfg.batch_size * self.dist.world_size
-        last_time, last_step = time.perf_counter(), self.step
+        last_time, last_step, waited = time.perf_counter(), self.step, 0.0
+        batches = self.batches()
         with tqdm(total=total, initial=self.step, disable=not (self.progress and self.dist.is_main),
                   desc=f"{cfg.method} on {cfg.data}", unit="step", dynamic_ncols=True) as bar, \
                 StopSignals(enabled=self.dist.world_size == 1) as stop:
             while self.step < total:
-                values = self.train_step(self.batch(self.step), self.step)
+                asked = time.perf_counter()
+                images = next(batches)
+                waited += time.perf_counter() - asked
+                values = self.train_step(images, self.step)
                 self.step += 1
                 if self.step % cfg.log_every == 0 or self.step == total:
                     now = time.perf_counter()
                     img_per_s = images_per_step * (self.step - last_step) / max(now - last_time, 1e-9)
-                    last_time, last_step = now, self.step
+                    data_wait = waited / max(now - last_time, 1e-9)  # share of the interval spent waiting for data
+                    last_time, last_step, waited = now, self.step, 0.0
                     row = {"step": self.step, "epoch": round(self.step / self.length.steps_per_epoch, 4), **values,
-                           "img_per_s": round(img_per_s, 2)}
+                           "img_per_s": round(img_per_s, 2), "data_wait": round(data_wait, 4)}
                     self._log_row(row)
                     bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
                                     img_s=f"{img_per_s:.1f}")
