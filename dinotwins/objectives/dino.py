@@ -2,15 +2,15 @@
 
 Everything DINO adds to a backbone lives here:
 - `DinoConfig`, the config.yaml section `dino`;
-- the head (sec. 3.1 and appendix): a 3-layer MLP (GELU, hidden 2048, bottleneck 256), L2 normalization, then a
-  weight-normalized linear layer to K prototypes with its norm fixed to 1; its last layer is kept frozen during the
-  first epoch, which DINO found stabilises early training (`DINOHead.cancel_last_layer_gradients`);
+- the head (heads.py: MLP, L2 normalization, K unit-norm prototypes), its last layer kept frozen during the first
+  epoch, which DINO found stabilises early training;
 - the teacher: a copy of the student's backbone and DINO head, moved by an EMA of them after every update (momentum
   cosine from `momentum_teacher` to 1), and the `Center` it subtracts before sharpening;
 - per step: the teacher momentum, the teacher temperature (linear warm-up), the last-layer freeze;
 - the loss: the student sees all crops, the teacher the 2 global crops; cross-entropy over every (teacher view,
   other student view) pair (`losses.dino_loss`);
-- logged signals (teacher entropy, KL(teacher || student)) and the collapse signs they show.
+- logged signals (teacher entropy, KL(teacher || student)) and the collapse bands they are checked against;
+- DINOv2's options (dinov2.py): KoLeo, Sinkhorn-Knopp centering, iBOT.
 
 What it is not: the loss maths (losses.py), the shared multi-crop forward and backward (base.py), the EMA update
 and the schedule shapes (training/ema.py, training/schedules.py), which it calls.
@@ -27,13 +27,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinotwins.errors import UserError
 from dinotwins.models.backbone import create_backbone
 from dinotwins.models.config import ModelConfig
 from dinotwins.objectives.base import Objective, Student
+from dinotwins.objectives.heads import DINOHead
 from dinotwins.objectives.dinov2 import IBotConfig, IBotHead, ibot_loss, koleo_loss, random_patch_masks, sinkhorn_knopp
 from dinotwins.objectives.losses import dino_cross_entropy_sum, dino_pair_count, dino_teacher_probs
 from dinotwins.training.collapse import CollapseBand
@@ -71,39 +71,6 @@ class DinoConfig:
             raise UserError(f"dino.koleo_weight must be >= 0 (0: off), got {self.koleo_weight}")
         if self.centering not in CENTERINGS:
             raise UserError(f"dino.centering must be {' or '.join(CENTERINGS)}, got {self.centering!r}")
-
-
-class DINOHead(nn.Module):
-    """MLP, L2 normalization, then K unit-norm prototypes: cosine-similarity logits (see the module docstring)."""
-
-    global_only = False  # local crops go through it too
-
-    def __init__(self, in_dim: int, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256):
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
-            nn.Linear(hidden_dim, bottleneck_dim),
-        )
-        for layer in self.mlp:
-            if isinstance(layer, nn.Linear):
-                nn.init.trunc_normal_(layer.weight, std=0.02)
-                nn.init.zeros_(layer.bias)
-        # Weight normalization with the gain fixed to 1 (DINO's norm_last_layer=True): each prototype is a
-        # unit vector, so the logits are cosine similarities.
-        self.last_layer = nn.Parameter(torch.empty(out_dim, bottleneck_dim))
-        nn.init.trunc_normal_(self.last_layer, std=0.02)
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = F.normalize(self.mlp(x), dim=-1, eps=1e-6)  # (B, bottleneck)
-        return F.linear(z, F.normalize(self.last_layer, dim=-1, eps=1e-6))  # (B, K)
-
-    def forward_views(self, feats: Tensor, n_views: int) -> Tensor:
-        return self(feats)  # (n_views B, K): each row is its own image
-
-    def cancel_last_layer_gradients(self) -> None:
-        """Drop the prototypes' gradient (called during the first epoch, before the optimizer step)."""
-        self.last_layer.grad = None
 
 
 class Center(nn.Module):

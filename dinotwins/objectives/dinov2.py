@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinotwins.errors import UserError
+from dinotwins.objectives.heads import DINOHead
 
 SINKHORN_ITERATIONS = 3  # DINOv2's
 
@@ -126,8 +127,6 @@ class IBotHead(nn.Module):
 
     def __init__(self, in_dim: int, cfg: IBotConfig):
         super().__init__()
-        from dinotwins.objectives.dino import DINOHead
-
         self.head = DINOHead(in_dim, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim)
         self.mask_token = nn.Parameter(torch.zeros(in_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
