@@ -34,6 +34,7 @@ from dinotwins.config import TrainConfig, available_presets, build_config, dotte
 from dinotwins.data.augment import MultiCrop
 from dinotwins.errors import UserError
 from dinotwins.objectives import METHODS
+from dinotwins.training.precision import pick_precision
 
 # Inside the timing nothing ends, saves or logs; random images stand in for the data.
 NEVER = {"max_steps": 10**9, "epochs": 10**6, "save_every": 10**9, "log_every": 10**9}
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     p.add_argument("--data-pipeline", action="store_true", help="measure the data pipeline instead")
+    p.add_argument("--official", type=Path, metavar="PATH",
+                   help="also time the official DINO step (a clone of facebookresearch/dino at PATH) at the same shape, "
+                        "in the same run (bench_official.py)")
     p.add_argument("--retrieval", type=Path, metavar="DIR",
                    help="measure search in an extraction folder's index instead (python -m dinotwins.index DIR)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -65,18 +69,35 @@ def bench_config(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(cfg, data=f"synthetic:{max(64, cfg.batch_size)}")
 
 
-def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """TFLOP/s of an n x n x n matmul in `dtype` on `device`: the roofline the step is compared with."""
+def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10,
+                       trials: int = 3) -> float:
+    """TFLOP/s of an n x n x n matmul in `dtype` on `device`, the best of `trials` timings of `repeats` matmuls:
+    the roofline the step is compared with."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+    best = 0.0
+    for _ in range(trials):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12)
+    return best
+
+
+def cpu_description() -> dict[str, str | list[str]]:
+    """The CPU's model name and the instruction-set flags that decide the dtype (from /proc/cpuinfo)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu": "unknown", "cpu_flags": []}
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+    return {"cpu": name, "cpu_flags": [f for f in wanted if f in flags]}
 
 
 def bench_step(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, float | str]:
@@ -104,6 +125,8 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, float | s
         step_s = (time.perf_counter() - start) / steps
         dtype = trainer.autocast_dtype or torch.float32
     peak = peak_matmul_tflops(device, dtype)
+    best_peak = max(peak, *(peak_matmul_tflops(device, other) for other in (torch.float32, torch.bfloat16)
+                            if other != dtype and (device.type == "cuda" or pick_precision("bf16", device))))
     achieved = flops_per_step / step_s / 1e12
     if device.type == "cuda":
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**20
@@ -117,8 +140,25 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, float | s
         "img_per_s": round(batch / step_s, 2), "step_s": round(step_s, 4),
         "gflop_per_img": round(flops_per_step / batch / 1e9, 3),
         "achieved_tflops": round(achieved, 4), "peak_tflops": round(peak, 4), "mfu": round(achieved / peak, 4),
+        # the FLOP-equal limit: the step's FLOPs at the best matmul speed the device has in any dtype
+        "best_peak_tflops": round(best_peak, 4), "fraction_of_limit": round(achieved / best_peak, 4),
+        **(cpu_description() if device.type == "cpu" else {}),
         "peak_rss_mb" if device.type == "cpu" else "peak_gpu_mem_mb": round(peak_mem, 1),
     }
+
+
+def compare_official(repo: Path, cfg: TrainConfig, steps: int, warmup: int, ours: dict) -> dict:
+    """The official step at this shape, in its own precision (fp32 on a CPU) and, where ours ran in bf16, under bf16
+    autocast too; and our speed over each."""
+    from dinotwins.bench_official import official_step_bench
+
+    result = official_step_bench(repo, cfg, steps, warmup)
+    result["speedup_over_official"] = round(ours["img_per_s"] / result["official_img_per_s"], 3)
+    if ours["dtype"] == "bfloat16":
+        bf16 = official_step_bench(repo, cfg, steps, warmup, bf16=True)
+        result["official_bf16_img_per_s"] = bf16["official_img_per_s"]
+        result["speedup_over_official_bf16"] = round(ours["img_per_s"] / bf16["official_img_per_s"], 3)
+    return result
 
 
 def _bench_trainer(cfg: TrainConfig, out: Path, compile: bool):
@@ -179,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = bench_config(args)
             result = bench_data(cfg, args.steps) if args.data_pipeline else bench_step(cfg, args.steps, args.warmup)
+            if args.official is not None and not args.data_pipeline:
+                result.update(compare_official(args.official, cfg, args.steps, args.warmup, result))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

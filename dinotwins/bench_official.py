@@ -1,0 +1,105 @@
+"""The official DINO training step, timed beside ours: `python -m dinotwins.bench --official PATH`.
+
+PATH is a clone of facebookresearch/dino (nothing of it is copied here: its modules are imported from PATH). The
+step is `main_dino.train_one_epoch`'s loop body for one batch, on the CPU: the teacher on the 2 global crops and the
+student on all crops (its `MultiCropWrapper`, one backbone call per resolution), its `DINOLoss` (with its center
+update, which needs a process group: a one-process gloo group is started), backward, its `clip_gradients`,
+`cancel_gradients_last_layer`, torch's AdamW on its `get_params_groups`, and its EMA loop over the parameters. The
+backbone is its `VisionTransformer` at the benchmark's shape (depth, width, heads, patch, image size), with its
+`DINOHead` at K prototypes; the crops are made once by our multi-crop (the official augmentation runs in data
+loader workers, outside the step). Precision: fp32, the official code's path on a CPU (its fp16 autocast is
+CUDA's), or with `bf16` the same step under torch's CPU bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dinotwins.errors import UserError
+
+
+def official_step_bench(repo: Path, cfg, steps: int, warmup: int, bf16: bool = False) -> dict:
+    """Images per second of the official step at `cfg`'s shape (a TrainConfig), over `steps` after `warmup`."""
+    repo = Path(repo).expanduser().resolve()
+    if not (repo / "main_dino.py").is_file() or not (repo / "vision_transformer.py").is_file():
+        raise UserError(f"{repo} is not a clone of facebookresearch/dino (no main_dino.py); git clone it and pass its "
+                        f"folder to --official")
+    sys.path.insert(0, str(repo))
+    import main_dino  # noqa: E402 - the official code, from the clone
+    import utils
+    import vision_transformer as vits
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # its DINOLoss all-reduces the center
+        store = Path(tempfile.mkdtemp()) / "store"
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    model, dino, aug = cfg.model, cfg.objectives["dino"], cfg.augment
+
+    def network(drop_path: float) -> nn.Module:
+        backbone = vits.VisionTransformer(img_size=[model.image_size], patch_size=model.patch_size,
+                                          embed_dim=model.embed_dim or 192, depth=model.depth or 12,
+                                          num_heads=model.num_heads or 3, mlp_ratio=4, qkv_bias=True,
+                                          norm_layer=partial(nn.LayerNorm, eps=1e-6), drop_path_rate=drop_path)
+        head = vits.DINOHead(backbone.embed_dim, dino.out_dim, use_bn=False, norm_last_layer=True,
+                             hidden_dim=dino.hidden_dim, bottleneck_dim=dino.bottleneck_dim)
+        return utils.MultiCropWrapper(backbone, head)
+
+    torch.manual_seed(0)
+    student, teacher = network(model.drop_path_rate), network(0.0)
+    teacher.load_state_dict(student.state_dict())
+    teacher.requires_grad_(False)
+    ncrops = 2 + aug.n_local
+    dino_loss = main_dino.DINOLoss(dino.out_dim, ncrops, dino.warmup_teacher_temp, dino.teacher_temp, 1, 2)
+    optimizer = torch.optim.AdamW(utils.get_params_groups(student))
+    from dinotwins.data.augment import MultiCrop
+
+    images = torch.randint(0, 256, (cfg.batch_size, 3, model.image_size, model.image_size), dtype=torch.uint8)
+    global_views, local_views = MultiCrop(aug)(images, torch.Generator().manual_seed(0))
+    crops = global_views + local_views
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            teacher_output = teacher(crops[:2])
+            student_output = student(crops)
+            loss = dino_loss(student_output.float(), teacher_output.float(), 0)
+        optimizer.zero_grad()
+        loss.backward()
+        utils.clip_gradients(student, cfg.optim.clip_grad)
+        utils.cancel_gradients_last_layer(1, student, 0)
+        optimizer.step()
+        with torch.no_grad():
+            m = 0.996
+            for param_q, param_k in zip(student.parameters(), teacher.parameters()):
+                param_k.data.mul_(m).add_((1 - m) * param_q.detach().data)
+        if not math.isfinite(loss.item()):
+            raise RuntimeError("the official step's loss is not finite")
+
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = (time.perf_counter() - start) / steps
+    return {"official_img_per_s": round(cfg.batch_size / seconds, 2), "official_step_s": round(seconds, 4),
+            "official_dtype": "bfloat16" if bf16 else "float32", "official_commit": _commit(repo),
+            "official_threads": torch.get_num_threads()}
+
+
+def _commit(repo: Path) -> str:
+    head = repo / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            return (repo / ".git" / ref[5:]).read_text().strip()[:12]
+        return ref[:12]
+    except OSError:
+        return "unknown"
