@@ -8,6 +8,8 @@ DEST receives the exported weights (`model.safetensors`, fp16 in the demo preset
   recomputes to prove the shipped weights still give the recorded numbers;
 - `command`: the exact command that trained the run, `train_seconds`: the training time summed from the logged
   throughput (images per logged interval / img_per_s), `steps`, `device`.
+With `--exports STEP ...`, the run's weights kept at those steps (`exports/`, from `--export-every`) go along, so the
+explorer's Over training tab can show the shipped model's attention along the way.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def quick_check_row(model, data: str, cache_dir: str | Path | None = None) -> di
                           label_fraction=q["label_fraction"], seed=q["seed"], cache_dir=cache_dir)
 
 
-def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str) -> dict[str, Any]:
+def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str,
+         exports: list[int] | None = None) -> dict[str, Any]:
     import yaml
 
     from dinotwins.data import load_dataset
@@ -60,8 +63,10 @@ def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str) -
     from dinotwins.training.runlog import read_metrics
 
     missing = [name for name in FILES if not (run_dir / name).is_file()]
+    kept = [run_dir / "exports" / f"step_{step:08d}.safetensors" for step in exports or []]
+    missing += [str(path.relative_to(run_dir)) for path in kept if not path.is_file()]
     if missing:
-        raise UserError(f"{run_dir} lacks {', '.join(missing)}; ship a finished run")
+        raise UserError(f"{run_dir} lacks {', '.join(missing)}; ship a finished run (and steps it exported)")
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     metrics = read_metrics(run_dir / "metrics.jsonl")
     model = load_model(run_dir / "model.safetensors")
@@ -83,6 +88,10 @@ def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str) -
     dest.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         shutil.copyfile(run_dir / name, dest / name)
+    if kept:
+        (dest / "exports").mkdir(exist_ok=True)
+        for path in kept:
+            shutil.copyfile(path, dest / "exports" / path.name)
     atomic_write(dest / "eval.json", (json.dumps(report, indent=2) + "\n").encode())
     return report
 
@@ -94,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--command", required=True, help="the exact command that trained the run")
     p.add_argument("--data", default="fashion-mnist", help="what to evaluate on (default fashion-mnist)")
     p.add_argument("--device-note", default="", help="where it trained, e.g. '1x H100' or '2-core CPU'")
+    p.add_argument("--exports", type=int, nargs="*", default=[], metavar="STEP",
+                   help="also ship the run's exports/ of these steps (the Over training tab)")
     args = p.parse_args(argv)
     try:
-        report = ship(args.run_dir, args.dest, args.command, args.data, args.device_note)
+        report = ship(args.run_dir, args.dest, args.command, args.data, args.device_note, args.exports)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
