@@ -73,3 +73,25 @@ def test_clicking_a_gallery_example_fills_the_query_and_finds_neighbours(app_url
     assert "Query class" in page.locator("#retrieval-summary").inner_text()
     page.screenshot(path=str(tmp_path / "retrieval.png"), full_page=True)
     page.close()
+
+
+def test_clicking_a_patch_of_the_query_shows_each_models_similarity_map(app_url, browser, tmp_path):
+    url, labels = app_url
+    upload = tmp_path / "coffee.png"
+    Image.fromarray(skimage.data.coffee()).save(upload)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url, wait_until="networkidle")
+    page.locator("#query input[type=file]").set_input_files(str(upload))
+    page.get_by_role("tab", name="Patches").click()
+    target = page.locator("#patch-click img")
+    target.wait_for(state="visible", timeout=60_000)
+    box = target.bounding_box()
+    target.click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.6})
+    for i in range(len(labels)):
+        row = page.locator(f"#similarity-row-{i} img")
+        row.wait_for(state="visible", timeout=60_000)
+        assert row.evaluate("img => img.naturalWidth") == 4 * 128
+    page.get_by_role("button", name="Patch PCA as RGB").click()
+    page.locator("#pca-row-0 img").wait_for(state="visible", timeout=60_000)
+    page.screenshot(path=str(tmp_path / "patches.png"), full_page=True)
+    page.close()
