@@ -76,8 +76,9 @@ TRAIN_SIZE = 24000
 TEST_SIZE = 2000
 SEEDS = {"train": 0, "test": 1}
 MIN_SIZE = 16  # px; smaller images leave an object a few pixels
-OBJECT_SIDE = (0.45, 0.9)  # the object's longer side as a share of the image side
+OBJECT_SIDE = (0.55, 0.95)  # the object's longer side as a share of the image side (most crops meet the object)
 BACKGROUND_SIDE = (0.35, 1.0)  # the background crop's side as a share of the background's shorter side
+PROCEDURAL_SHARE = 0.3  # images whose background is generated noise rather than a photograph
 SOURCE_SIDE = 256  # objects and backgrounds are kept at most this large (px) in memory
 
 
@@ -147,14 +148,7 @@ def render_one(obj: np.ndarray, background: np.ndarray, size: int,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 (S, S, 3) image, bool (S, S) mask): `obj` (RGBA) at a random scale, place and flip on a random
     crop of `background` (RGB)."""
-    height, width = background.shape[:2]
-    side = int(min(height, width) * rng.uniform(*BACKGROUND_SIDE))
-    top, left = rng.integers(height - side + 1), rng.integers(width - side + 1)
-    canvas = Image.fromarray(background[top:top + side, left:left + side]).resize((size, size),
-                                                                                   Image.Resampling.BILINEAR)
-    canvas = np.asarray(canvas, dtype=np.float32)
-    if rng.random() < 0.5:
-        canvas = canvas[:, ::-1]
+    canvas = background_canvas(background, size, rng)
 
     longer = max(2, round(size * rng.uniform(*OBJECT_SIDE)))
     oh, ow = obj.shape[:2]
@@ -173,6 +167,53 @@ def render_one(obj: np.ndarray, background: np.ndarray, size: int,
     mask = np.zeros((size, size), dtype=bool)
     mask[y:y + new_h, x:x + new_w] = alpha[..., 0] >= 0.5
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), mask
+
+
+def background_canvas(background: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 (S, S, 3) in [0, 255]: a random crop of `background` (RGB), turned a random quarter and flipped, its
+    colours rotated by a random hue and scaled in brightness and saturation; or, for `PROCEDURAL_SHARE` of the
+    images, smooth coloured noise with stripes and grain instead. Why: with a few dozen photographs the background
+    alone identifies an image's crops, and a self-supervised model learns which photo it is instead of what object
+    it holds (measured: DINO's attention moved onto the backgrounds as it trained); these make the background a poor
+    cue while leaving photographic texture."""
+    if rng.random() < PROCEDURAL_SHARE:
+        return _procedural_background(size, rng)
+    height, width = background.shape[:2]
+    side = int(min(height, width) * rng.uniform(*BACKGROUND_SIDE))
+    top, left = rng.integers(height - side + 1), rng.integers(width - side + 1)
+    canvas = Image.fromarray(background[top:top + side, left:left + side]).resize((size, size),
+                                                                                   Image.Resampling.BILINEAR)
+    canvas = np.rot90(np.asarray(canvas, dtype=np.float32), k=int(rng.integers(4)))
+    if rng.random() < 0.5:
+        canvas = canvas[:, ::-1]
+    return _recolour(canvas, rng)
+
+
+def _recolour(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A hue rotation by a random angle (YIQ chroma plane), saturation x U(0.3, 1.3), brightness x U(0.6, 1.3)."""
+    yiq = rgb @ _RGB_TO_YIQ.T
+    angle, saturation = 2 * np.pi * rng.random(), rng.uniform(0.3, 1.3)
+    cos, sin = np.cos(angle) * saturation, np.sin(angle) * saturation
+    i, q = yiq[..., 1].copy(), yiq[..., 2].copy()
+    yiq[..., 1], yiq[..., 2] = cos * i - sin * q, sin * i + cos * q
+    return np.clip((yiq @ _YIQ_TO_RGB.T) * rng.uniform(0.6, 1.3), 0, 255)
+
+
+def _procedural_background(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Smooth coloured noise, faint stripes at a random angle and fine grain: float32 (S, S, 3) in [0, 255]."""
+    low = int(rng.integers(2, 7))  # colour cells across the image: smooth, like an out-of-focus scene
+    blobs = np.asarray(Image.fromarray((rng.random((low, low, 3)) * 255).astype(np.uint8)).resize(
+        (size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+    coords = np.arange(size, dtype=np.float32) / size
+    theta, freq, phase = np.pi * rng.random(), rng.uniform(2, 10), 2 * np.pi * rng.random()
+    along = np.cos(theta) * coords[None, :] + np.sin(theta) * coords[:, None]
+    stripes = 127.5 + 127.5 * np.sin(2 * np.pi * freq * along + phase)
+    grain = rng.random((size, size)) * 255
+    return (0.75 * blobs + 0.2 * stripes[..., None] + 0.05 * grain[..., None]).astype(np.float32)
+
+
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float32)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
 
 @lru_cache(maxsize=2)
