@@ -18,14 +18,18 @@ def test_a_pasted_object_covers_exactly_its_mask():
     disk = np.zeros((40, 40, 4), dtype=np.uint8)
     yy, xx = np.mgrid[:40, :40]
     disk[(yy - 19.5) ** 2 + (xx - 19.5) ** 2 <= 19.5**2] = (255, 0, 0, 255)  # a red disk, hard edge
-    background = np.zeros((100, 100, 3), dtype=np.uint8)
-    background[..., 2] = 255  # blue
-    image, mask = scenes.render_one(disk, background, 32, np.random.default_rng(0))
-    assert mask.any() and not mask.all()
-    red, blue = image[..., 0].astype(int), image[..., 2].astype(int)
-    assert (red[mask] >= 128).all() and (blue[mask] <= 127).all()  # alpha >= 0.5: mostly object
-    assert (red[~mask] <= 127).all() and (blue[~mask] >= 128).all()  # alpha < 0.5: mostly background
-    assert (blue[~mask] == 255).mean() > 0.9  # far from the edge the background is untouched
+    background = np.random.default_rng(1).integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    for seed in range(6):  # photographs and generated backgrounds
+        image, mask = scenes.render_one(disk, background, 32, np.random.default_rng(seed))
+        canvas = scenes.background_canvas(background, 32, np.random.default_rng(seed))  # its first draws
+        assert mask.any() and not mask.all()
+        red, blue = image[..., 0].astype(int), image[..., 2].astype(int)
+        assert (red[mask] >= 127).all() and (blue[mask] <= 128).all()  # alpha >= 0.5: mostly the red object
+        ring = np.zeros_like(mask)
+        ys, xs = np.nonzero(mask)
+        ring[max(ys.min() - 1, 0):ys.max() + 2, max(xs.min() - 1, 0):xs.max() + 2] = True
+        expected = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
+        assert np.array_equal(image[~ring], expected[~ring])  # away from the object: the background untouched
 
 
 def test_same_spec_twice_gives_identical_images_labels_and_masks():
