@@ -134,7 +134,8 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, float | s
         peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "method": cfg.method, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-        "threads": torch.get_num_threads(), "compile": cfg.compile, "attention": cfg.attention,
+        "threads": torch.get_num_threads(), "compile": cfg.compile,
+        "attention": f"{cfg.attention} ({'fused' if trainer.fused_attention else 'explicit'})",
         "backward": "per resolution" if cfg.backward_per_resolution else "joint",
         "batch_size": batch,
         "img_per_s": round(batch / step_s, 2), "step_s": round(step_s, 4),

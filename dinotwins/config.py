@@ -54,8 +54,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 where the device does it fast) | bf16 | fp32
     compile: bool = False  # torch.compile the student and teacher (pays on GPU)
-    # auto: fused scaled-dot-product attention on GPU, explicit softmax(q k^T) v on CPU, where torch's fused CPU
-    # kernel is ~1.6x slower end to end for ViT-sized token counts (see README, Performance). Same maths.
+    # auto: fused scaled-dot-product attention on GPU; on a CPU the faster of fused and explicit softmax(q k^T) v,
+    # timed on one attention layer when the run starts (models/backbone.py). Same maths.
     attention: str = "auto"  # auto | fused | explicit
     # One backward per crop resolution (local crops, then global crops) instead of one over the summed loss: the
     # same gradients with one resolution's activations alive at a time (see Objective.compute_gradients).

@@ -12,6 +12,8 @@ softmax(q k^T) v); attention maps, rollout and patch tokens are read off the mod
 
 from __future__ import annotations
 
+import time
+
 import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -57,9 +59,37 @@ def set_fused_attention(model: torch.nn.Module, fused: bool) -> int:
     return switched
 
 
-def fused_attention_for(requested: str, device: torch.device) -> bool:
-    """`auto` -> fused on CUDA, explicit elsewhere; `fused`/`explicit` as asked."""
-    return device.type == "cuda" if requested == "auto" else requested == "fused"
+def fused_attention_for(requested: str, device: torch.device, model: VisionTransformer | None = None,
+                        tokens: int = 65, batch: int = 128, dtype: torch.dtype | None = None) -> bool:
+    """`fused`/`explicit` as asked; `auto`: fused on CUDA, and on a CPU whichever path times faster, forward and
+    backward of one of `model`'s attention layers on (batch, tokens) in `dtype` (None: fp32), measured here (a few
+    tenths of a second): which one wins depends on the CPU, the dtype and the sequence length."""
+    if requested != "auto":
+        return requested == "fused"
+    if device.type == "cuda" or model is None:
+        return device.type == "cuda"
+    attn = model.blocks[-1].attn
+    key = (str(device), str(dtype), tokens, batch, model.embed_dim, attn.num_heads)
+    if key in _MEASURED:  # once per process and shape: every trainer of a process computes the same way
+        return _MEASURED[key]
+    x = torch.randn(batch, tokens, model.embed_dim, device=device, requires_grad=True)
+    times = {}
+    for fused in (True, False):
+        attn.fused_attn = fused
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = attn(x)
+            out.float().sum().backward()
+            best = min(best, time.perf_counter() - start)
+        times[fused] = best
+    attn.zero_grad(set_to_none=True)
+    _MEASURED[key] = times[True] < times[False]
+    return _MEASURED[key]
+
+
+_MEASURED: dict[tuple, bool] = {}
 
 
 def embed(model: VisionTransformer, x: Tensor) -> Tensor:

@@ -59,6 +59,15 @@ def current() -> DistInfo:
     return DistInfo(0, 1, 0, torch.device("cpu"))
 
 
+def same_on_every_rank(flag: bool) -> bool:
+    """Rank 0's `flag` on every rank (a decision each rank could make differently, such as a timing)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    value = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -13,6 +13,7 @@ What it is not: no method, data or loss maths (the objective from `dinotwins.obj
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import signal
@@ -94,7 +95,13 @@ class Trainer:
             student = DistributedDataParallel(student, device_ids=[self.device.index] if self.device.type == "cuda"
                                               else None)
         self._ddp = student if isinstance(student, DistributedDataParallel) else None
-        set_fused_attention(self.objective, fused_attention_for(cfg.attention, self.device))
+        tokens = 1 + (cfg.model.image_size // cfg.model.patch_size) ** 2  # a global crop's sequence
+        self.fused_attention = distributed.same_on_every_rank(fused_attention_for(
+            cfg.attention, self.device, self.objective.student.backbone, tokens, 2 * cfg.batch_size,
+            self.autocast_dtype))
+        set_fused_attention(self.objective, self.fused_attention)
+        # The run keeps the path it measured (config.yaml), so a resumed run computes exactly as before.
+        self.cfg = cfg = dataclasses.replace(cfg, attention="fused" if self.fused_attention else "explicit")
         # dynamic=False: the student is called once per crop size; each size gets its own static graph.
         self.student_runner = torch.compile(student, dynamic=False) if cfg.compile else student
         teacher = self.objective.teacher
