@@ -16,7 +16,7 @@ from dinotwins.models.ship import QUICK_CHECK, QUICK_CHECK_TOLERANCE, quick_chec
 from dinotwins.objectives import METHODS
 
 DEMO = Path(__file__).resolve().parent.parent / "assets" / "models"
-SETS = ("scenes", "fashion-mnist")  # the demo sets the app offers (app.models.DEMO_SETS)
+SETS = tuple(s for s in ("scenes", "fashion-mnist") if (DEMO / s).is_dir())  # the shipped sets of app.models.DEMO_SETS
 FIGURES = ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "attn_jaccard_mean_heads",
            "attn_jaccard_best_head", "embedding_std")
 
