@@ -22,8 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "embeddings of self-supervised ViTs, side by side.")
     p.add_argument("models", nargs="*", metavar="MODEL",
                    help="run dir, exported .safetensors or official DINO .pth (default: the demo models)")
-    p.add_argument("--gallery", metavar="SPEC", help=f"{SPEC_SYNTAX} (default: Fashion-MNIST test when present, "
-                   "else synthetic)")
+    p.add_argument("--gallery", metavar="SPEC", help=f"{SPEC_SYNTAX} (default: the test split of the data the first "
+                   "model trained on, else scenes, else synthetic)")
+    p.add_argument("--demo", default="scenes", choices=("scenes", "fashion-mnist"),
+                   help="with no MODEL, the demo set shipped under assets/models/ (default scenes)")
     p.add_argument("--index", nargs="+", metavar="DIR",
                    help="prebuilt collections (python -m dinotwins.extract, then python -m dinotwins.index), one per "
                         "MODEL in order, memory-mapped: the gallery is theirs; MODEL may then be left out")

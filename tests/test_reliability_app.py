@@ -390,3 +390,22 @@ def test_the_app_refuses_a_pickle_payload_model_and_never_runs_it(tmp_path, caps
         err = capsys.readouterr().err
         assert err.startswith("error: refusing to load") and len(err.strip().splitlines()) == 1, err
     assert not marker.exists()
+
+
+def test_the_demo_flag_reaches_the_model_choice_and_a_bad_one_is_one_line(tmp_path, capsys, monkeypatch):
+    import app.models
+
+    chosen = []
+
+    def record(specs, gallery, **kw):
+        chosen.append(kw["demo"])
+        raise UserError("stop here")
+
+    monkeypatch.setattr(app.models, "open_models_and_gallery", record)
+    for argv, demo in (([], "scenes"), (["--demo", "fashion-mnist"], "fashion-mnist")):
+        assert app_main(argv + ["--cache-dir", str(tmp_path / "cache")]) == 2
+        assert chosen[-1] == demo
+    capsys.readouterr()
+    assert app_main(["--demo", "imagenet"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'imagenet'" in err and len(err.strip().splitlines()) == 1, err
