@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data test test-fast demo demo-models bench bench-levers bench-memory bench-app clean
+.PHONY: setup data test test-fast demo demo-models bench bench-levers bench-cpu bench-memory bench-app clean
 
 setup: $(STAMP) data
 
@@ -65,6 +65,17 @@ bench-levers: setup
 	$(BIN)/python -m dinotwins.bench --data-pipeline --json | tail -1
 
 # Max RSS of 4-step demo-preset runs on Fashion-MNIST (the issue's memory target), each backward mode.
+# The README's per-CPU table: our step beside the official DINO step (a clone at OFFICIAL) in the same run, on the
+# bench preset and the scenes preset, plus the packed-crops and per-method rows.
+OFFICIAL ?= ../dino
+bench-cpu: setup
+	$(BIN)/python -m dinotwins.bench --official $(OFFICIAL) --json | tail -1
+	$(BIN)/python -m dinotwins.bench --official $(OFFICIAL) --set precision=fp32 --json | tail -1
+	$(BIN)/python -m dinotwins.bench --set packed_crops=true --json | tail -1
+	$(BIN)/python -m dinotwins.bench --preset scenes --official $(OFFICIAL) --json | tail -1
+	for flags in "--set packed_crops=true" "--set backward_per_resolution=false" "--method barlow" "--method hybrid"; do \
+	  $(BIN)/python -m dinotwins.bench --preset scenes --json $$flags | tail -1; done
+
 bench-memory: setup
 	for method in dino hybrid; do for per_res in true false; do \
 	  $(BIN)/python -c "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); \
