@@ -80,7 +80,9 @@ def test_every_model_is_drawn_on_one_shared_colour_scale(entries, photo):
     assert vmin == 0.0 and vmax == pytest.approx(max(float(max(m.heads.max(), m.mean.max())) for m in maps))
     for m in maps:  # "x uniform" units: each head's map averages to exactly 1
         assert np.allclose(m.heads.mean(axis=(-2, -1)), 1.0, atol=1e-4)
-        assert m.heads.shape == (entries[0].model.num_heads, 8, 8) and m.mask.dtype == bool
+        model = entries[0].model
+        grid = model.input_size(attention.DEFAULT_SCALE) // model.patch_size  # the tab's default input size
+        assert m.heads.shape == (model.num_heads, grid, grid) and m.mask.dtype == bool
 
 
 def test_entropy_is_log2_patches_for_uniform_attention_and_zero_for_one_patch():
