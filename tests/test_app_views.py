@@ -60,6 +60,15 @@ def test_pca_foreground_is_the_smaller_side_and_colours_are_in_range():
     assert (rgb[~foreground] == 0).all()
 
 
+def test_pca_components_are_the_svd_ones_up_to_sign():
+    x = np.random.default_rng(1).normal(size=(300, 16)) * np.linspace(4, 1, 16)  # distinct variances
+    ours = patches._components(x, 3)
+    centred = x - x.mean(axis=0)
+    reference = centred @ np.linalg.svd(centred, full_matrices=False)[2][:3].T
+    np.testing.assert_allclose(np.abs(ours), np.abs(reference), atol=1e-8)
+    assert patches._components(x[:2], 3).shape == (2, 3)  # fewer rows than components: padded
+
+
 def test_patch_pca_handler_shows_the_query_and_its_neighbours_per_model(explorer, photo):
     rows = patches.patch_pca_handler(explorer, photo, True, 1.0)
     assert len(rows) == 3 and rows[0].width == 2 * (1 + patches.PCA_NEIGHBOURS) * 128
