@@ -401,6 +401,10 @@ def test_the_demo_flag_reaches_the_model_choice_and_a_bad_one_is_one_line(tmp_pa
         chosen.append(kw["demo"])
         raise UserError("stop here")
 
+    from app.__main__ import build_parser
+
+    demo_flag = next(a for a in build_parser()._actions if a.dest == "demo")
+    assert tuple(demo_flag.choices) == app.models.DEMO_SETS  # the cheap parser and the model choice agree
     monkeypatch.setattr(app.models, "open_models_and_gallery", record)
     for argv, demo in (([], "scenes"), (["--demo", "fashion-mnist"], "fashion-mnist")):
         assert app_main(argv + ["--cache-dir", str(tmp_path / "cache")]) == 2
