@@ -44,13 +44,19 @@ def browser():
             browser.close()
 
 
-def test_uploading_an_image_shows_an_attention_row_for_every_model(app_url, browser, tmp_path):
-    url, labels = app_url
-    upload = tmp_path / "astronaut.png"
-    Image.fromarray(skimage.data.astronaut()).save(upload)
+def open_with_upload(browser, url: str, tmp_path, photo: str):
+    """A new page of the app with scikit-image's `photo` uploaded as the query."""
+    upload = tmp_path / f"{photo}.png"
+    Image.fromarray(getattr(skimage.data, photo)()).save(upload)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url, wait_until="networkidle")
     page.locator("#query input[type=file]").set_input_files(str(upload))
+    return page
+
+
+def test_uploading_an_image_shows_an_attention_row_for_every_model(app_url, browser, tmp_path):
+    url, labels = app_url
+    page = open_with_upload(browser, url, tmp_path, "astronaut")
     for i in range(len(labels)):
         row = page.locator(f"#attention-row-{i} img")
         row.wait_for(state="visible", timeout=60_000)
@@ -77,11 +83,7 @@ def test_clicking_a_gallery_example_fills_the_query_and_finds_neighbours(app_url
 
 def test_clicking_a_patch_of_the_query_shows_each_models_similarity_map(app_url, browser, tmp_path):
     url, labels = app_url
-    upload = tmp_path / "coffee.png"
-    Image.fromarray(skimage.data.coffee()).save(upload)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url, wait_until="networkidle")
-    page.locator("#query input[type=file]").set_input_files(str(upload))
+    page = open_with_upload(browser, url, tmp_path, "coffee")
     page.get_by_role("tab", name="Patches").click()
     target = page.locator("#patch-click img")
     target.wait_for(state="visible", timeout=60_000)
