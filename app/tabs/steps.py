@@ -22,9 +22,9 @@ from app.models import ModelCache, ModelEntry
 from app.tabs.attention import DEFAULT_KEEP_MASS, compute_maps, render_row, shared_scale
 from app.tabs.base import TabContext, gradio_errors
 from dinotwins.errors import UserError
+from dinotwins.models.export import EXPORTS_DIR
 
 TITLE, ID = "Over training", "steps"
-EXPORTS_DIR = "exports"
 _STEP = re.compile(r"step_(\d+)\.safetensors$")
 
 

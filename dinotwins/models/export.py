@@ -18,6 +18,13 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from dinotwins.files import atomic_write
+
+EXPORTS_DIR = "exports"  # a run's weights kept every `export_every` steps, as exports/step_XXXXXXXX.safetensors
+
+
+def export_path(run_dir: Path, step: int) -> Path:
+    """Where a run keeps its weights of `step` (train.py --export-every; ship --exports; the Over training tab)."""
+    return Path(run_dir) / EXPORTS_DIR / f"step_{step:08d}.safetensors"
 from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 FORMAT = "dinotwins/1"

@@ -59,11 +59,12 @@ def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str,
 
     from dinotwins.data import load_dataset
     from dinotwins.evaluation.rows import evaluate_all
+    from dinotwins.models.export import EXPORTS_DIR, export_path
     from dinotwins.models.load import load_model
     from dinotwins.training.runlog import read_metrics
 
     missing = [name for name in FILES if not (run_dir / name).is_file()]
-    kept = [run_dir / "exports" / f"step_{step:08d}.safetensors" for step in exports or []]
+    kept = [export_path(run_dir, step) for step in exports or []]
     missing += [str(path.relative_to(run_dir)) for path in kept if not path.is_file()]
     if missing:
         raise UserError(f"{run_dir} lacks {', '.join(missing)}; ship a finished run (and steps it exported)")
@@ -89,9 +90,9 @@ def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str,
     for name in FILES:
         shutil.copyfile(run_dir / name, dest / name)
     if kept:
-        (dest / "exports").mkdir(exist_ok=True)
+        (dest / EXPORTS_DIR).mkdir(exist_ok=True)
         for path in kept:
-            shutil.copyfile(path, dest / "exports" / path.name)
+            shutil.copyfile(path, dest / EXPORTS_DIR / path.name)
     atomic_write(dest / "eval.json", (json.dumps(report, indent=2) + "\n").encode())
     return report
 

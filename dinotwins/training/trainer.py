@@ -35,7 +35,7 @@ from dinotwins.data.sampler import EpochSampler
 from dinotwins.errors import TrainingInterrupted, TrainingStopped, UserError
 from dinotwins.files import atomic_write
 from dinotwins.models.backbone import fused_attention_for, set_fused_attention
-from dinotwins.models.export import EXPORT_NAME, export_backbone
+from dinotwins.models.export import EXPORT_NAME, export_backbone, export_path
 from dinotwins.objectives import build_objective
 from dinotwins.training import distributed, schedules
 from dinotwins.training.checkpoint import latest_good, list_checkpoints, save_checkpoint
@@ -46,7 +46,6 @@ from dinotwins.training.runlog import RunLog
 from dinotwins.training.stop_signal import StopSignals
 
 CHECKPOINT_DIR = "checkpoints"
-EXPORTS_DIR = "exports"  # the weights kept every `export_every` steps
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -215,7 +214,7 @@ class Trainer:
                                     img_s=f"{img_per_s:.1f}")
                 bar.update(1)
                 if cfg.export_every and self.step % cfg.export_every == 0:
-                    self.export(self.out / EXPORTS_DIR / f"step_{self.step:08d}.safetensors")
+                    self.export(export_path(self.out, self.step))
                 signum = stop.requested  # read once: a signal may land between the save and the stop
                 if (self.step % cfg.save_every == 0 or signum) and self.step < total:
                     self.save()
