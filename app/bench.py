@@ -1,6 +1,7 @@
 """Benchmark of the app's handlers after warm-up: `python -m app.bench [MODEL ...] [--gallery SPEC]`.
 
-Times what a user waits for, on `--threads` CPU threads (default 2, the target machine):
+Times what a user waits for, on `--threads` CPU threads (default 2, the target machine), every map at the app's
+default input size (`DEFAULT_SCALE` x each model's training size):
 - attention tab: decode an uploaded PNG + every model's maps, rendered (target < 0.3 s for 3 demo models);
 - retrieval, per model: embed the query, FAISS search, neighbour thumbnails (target < 50 ms on a 10k gallery);
 - patch similarity, all models: the clicked patch's token against the query's and each model's top-1 neighbour's
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from dinotwins.evaluation.knn import search
     from app.images import load_image
     from app.models import open_models_and_gallery
-    from app.tabs.attention import attention_view
+    from app.tabs.attention import DEFAULT_SCALE, attention_view
     from app.tabs.embeddings import projection_figure
     from app.tabs.patches import pca_view, similarity_view
     from app.tabs.retrieval import thumbnails
@@ -104,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     results["retrieval per model"] = {"median_s": max(r["median_s"] for r in per_model),
                                       "p90_s": max(r["p90_s"] for r in per_model)}
     results["patch similarity (all models)"] = timed(
-        lambda: similarity_view(explorer, load_image(upload), 0.5, 0.4, 1.0), args.repeats)
-    results["patch PCA (all models)"] = timed(lambda: pca_view(explorer, load_image(upload), True, 1.0),
-                                              args.repeats)
+        lambda: similarity_view(explorer, load_image(upload), 0.5, 0.4, DEFAULT_SCALE), args.repeats)
+    results["patch PCA (all models)"] = timed(
+        lambda: pca_view(explorer, load_image(upload), True, DEFAULT_SCALE), args.repeats)
 
     def cached_projection() -> None:
         fresh = Explorer(entries, gallery, cache, collections=collections)

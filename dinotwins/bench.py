@@ -137,6 +137,8 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, float | s
         "threads": torch.get_num_threads(), "compile": cfg.compile,
         "attention": f"{cfg.attention} ({'fused' if trainer.fused_attention else 'explicit'})",
         "backward": "per resolution" if cfg.backward_per_resolution else "joint",
+        "packed_crops": (f"auto ({trainer.cfg.packed_crops})" if cfg.packed_crops == "auto"
+                         else trainer.cfg.packed_crops),
         "batch_size": batch,
         "img_per_s": round(batch / step_s, 2), "step_s": round(step_s, 4),
         "gflop_per_img": round(flops_per_step / batch / 1e9, 3),

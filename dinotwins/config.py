@@ -62,7 +62,9 @@ class TrainConfig:
     backward_per_resolution: bool = True
     # DINOv2's sequence packing: all crops of an image in one sequence, one forward pass with a block-diagonal
     # attention mask (models/tokens.py); one joint backward. The same loss and gradients (tested), another speed.
-    packed_crops: bool = False
+    # auto: whichever of packed and separate passes times faster on the run's first batch when it starts
+    # (training/crop_packing.py); the run's config.yaml keeps the choice.
+    packed_crops: bool | str = False  # false | true | auto
     # Processes decoding the next batches while the step runs (data/loader.py); -1: none for data held in memory,
     # 4 (at most the CPUs) for data decoded or rendered per batch (large folders, large generated sets).
     data_workers: int = -1
@@ -98,6 +100,8 @@ class TrainConfig:
             (self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {self.precision!r}"),
             (self.attention in ("auto", "fused", "explicit"),
              f"attention must be auto, fused or explicit, got {self.attention!r}"),
+            (self.packed_crops is True or self.packed_crops is False or self.packed_crops == "auto",
+             f"packed_crops must be true, false or auto, got {self.packed_crops!r}"),
             (self.export_dtype in ("float32", "float16"), f"export_dtype must be float32 or float16, got {self.export_dtype!r}"),
             (self.optim.base_lr > 0, f"optim.base_lr must be positive, got {self.optim.base_lr}"),
             (self.augment.n_local >= 0, f"augment.n_local must be >= 0, got {self.augment.n_local}"),
@@ -227,7 +231,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        options = [a for a in args if a is not type(None)]
+        if len(options) > 1:  # e.g. bool | str: the first type the value is
+            for option in options:
+                try:
+                    return _coerce(value, option, key)
+                except UserError:
+                    pass
+            raise UserError(f"config key {key} must be one of {', '.join(o.__name__ for o in options)}, "
+                            f"got {value!r}")
+        hint = options[0]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

@@ -1,6 +1,7 @@
 """DINOv2's ingredients: KoLeo, Sinkhorn-Knopp and iBOT's loss against references written here from the papers'
 formulas, their invariances, packed crops against separate passes, and the options wired into the objectives."""
 
+import contextlib
 import copy
 import math
 import os
@@ -135,6 +136,45 @@ def test_packed_crops_give_the_loss_and_gradients_of_separate_passes(method):
     largest = max(p.grad.abs().max().item() for p in ssl.student.parameters())  # rounding scales with the largest
     for (name, p), q in zip(ssl.student.named_parameters(), twin.student.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5 * largest, msg=name)
+
+
+def test_timing_packed_against_separate_crops_leaves_the_objective_untouched():
+    from dinotwins.training.crop_packing import packed_is_faster
+
+    torch.manual_seed(0)
+    ssl = build("dino")
+    before = {k: v.clone() for k, v in ssl.state_dict().items()}
+    views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    local = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    assert packed_is_faster(ssl, views, local, TEMP, contextlib.nullcontext) in (True, False)
+    after = ssl.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights, teacher, DINO center
+    assert all(p.grad is None for p in ssl.student.parameters())
+
+
+@pytest.mark.parametrize("faster", [True, False])
+def test_packed_crops_auto_keeps_the_measured_choice_in_the_run_config(tmp_path, monkeypatch, faster):
+    import yaml
+
+    from dinotwins.training import trainer
+    from tests.conftest import smoke_config
+
+    asked = []
+    monkeypatch.setattr(trainer, "packed_is_faster", lambda *a, **k: asked.append(1) or faster)
+    run = trainer.train(smoke_config("dino", packed_crops="auto"), tmp_path / "run", progress=False)
+    assert asked == [1]
+    assert yaml.safe_load((run / "config.yaml").read_text())["packed_crops"] is faster
+
+
+def test_packed_crops_takes_only_true_false_or_auto():
+    from tests.conftest import smoke_config
+
+    assert smoke_config("dino", packed_crops="auto").packed_crops == "auto"
+    assert smoke_config("dino", packed_crops=True).packed_crops is True
+    with pytest.raises(UserError, match="packed_crops must be true, false or auto"):
+        smoke_config("dino", packed_crops="sometimes")
+    with pytest.raises(UserError, match="packed_crops"):
+        smoke_config("dino", packed_crops=3)
 
 
 # ------------------------------------------------------------------------------------------------- in the objectives

@@ -60,6 +60,18 @@ def _forbid_recompute(monkeypatch):
     monkeypatch.setattr(features_module, "compute_features", fail)
 
 
+def test_embed_batch_holds_only_its_own_rows(tiny_model):
+    """A kept batch of embeddings must not keep the model's whole token output alive (an extraction keeps a
+    shard's batches: the token outputs held GBs)."""
+    import torch
+
+    x = torch.randn(4, 3, 16, 16)
+    out = features_module.embed_batch(tiny_model, x)
+    assert out.shape == (4, 24) and out.flags["C_CONTIGUOUS"]
+    owner = out.base
+    assert owner is None or owner.untyped_storage().nbytes() == out.nbytes
+
+
 def test_feature_cache_returns_identical_arrays_on_the_second_call(tiny_model, tiny_data, tmp_path, monkeypatch):
     first = extract_features(tiny_model, tiny_data, cache_dir=tmp_path, progress=False)
     assert first.shape == (8, 24) and first.dtype == np.float32

@@ -41,6 +41,7 @@ from dinotwins.training import distributed, schedules
 from dinotwins.training.checkpoint import latest_good, list_checkpoints, save_checkpoint
 from dinotwins.data.loader import StepBatches, prefetched, workers_for
 from dinotwins.training.collapse import CollapseMonitor, embedding_band
+from dinotwins.training.crop_packing import packed_is_faster
 from dinotwins.training.precision import pick_precision
 from dinotwins.training.runlog import RunLog
 from dinotwins.training.stop_signal import StopSignals
@@ -108,6 +109,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.objective.student), lr=0.0, betas=cfg.optim.betas,
                                            **({"fused": True} if self.device.type == "cuda" else {"foreach": True}))
         self.multicrop = MultiCrop(cfg.augment)
+        if cfg.packed_crops == "auto":  # measured once; config.yaml keeps the choice for a resumed run
+            self.cfg = cfg = dataclasses.replace(cfg, packed_crops=self._packed_crops_measured())
         self.log = RunLog(self.out / "metrics.jsonl")
         bands = [*self.objective.collapse_bands(cfg), embedding_band(self.objective.student.backbone.num_features)]
         self.monitor = CollapseMonitor(bands, warmup_steps=max(self.length.total_steps // 10, 1))
@@ -130,6 +133,12 @@ class Trainer:
                                              cfg.optim.weight_decay_end),
             **self.objective.step_values(step, length),
         }
+
+    def _packed_crops_measured(self) -> bool:
+        """`packed_crops: auto`: rank 0's timing of both forms on the first batch (training/crop_packing.py)."""
+        global_views, local_views = self.multicrop(self.batch(0), torch.Generator().manual_seed(self.cfg.seed))
+        faster = packed_is_faster(self.objective, global_views, local_views, self.schedule(0), self._autocast)
+        return distributed.same_on_every_rank(faster)
 
     # ----------------------------------------------------------------------------------------- one step
     def train_step(self, images: torch.Tensor, step: int) -> dict[str, float]:
