@@ -73,7 +73,7 @@ bench-cpu: setup
 	$(BIN)/python -m dinotwins.bench --official $(OFFICIAL) --set precision=fp32 --json | tail -1
 	$(BIN)/python -m dinotwins.bench --set packed_crops=true --json | tail -1
 	$(BIN)/python -m dinotwins.bench --preset scenes --official $(OFFICIAL) --json | tail -1
-	for flags in "--set packed_crops=true" "--set backward_per_resolution=false" "--method barlow" "--method hybrid"; do \
+	for flags in "--set packed_crops=false" "--set packed_crops=false --set backward_per_resolution=false" "--method barlow" "--method hybrid"; do \
 	  $(BIN)/python -m dinotwins.bench --preset scenes --json $$flags | tail -1; done
 
 bench-memory: setup
