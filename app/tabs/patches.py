@@ -21,7 +21,6 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-import scipy.linalg
 import torch
 from PIL import Image, ImageDraw
 
@@ -37,11 +36,21 @@ CLICK_SIZE = 256  # px of the square query shown for clicking
 PCA_NEIGHBOURS = 3
 
 
-def tokens_of(model, images: list[Image.Image], scale: float) -> np.ndarray:
-    """(len(images), h, w, D) float32 L2-normalized last-layer patch tokens."""
+def tokens_of(model, images: list[Image.Image], scale: float, inputs: dict | None = None) -> np.ndarray:
+    """(len(images), h, w, D) float32 L2-normalized last-layer patch tokens. `inputs`: a dict shared by the
+    models of one view (while its images live), so an image is preprocessed once per input size and
+    normalization, not once per model."""
+    size = model.input_size(scale)
+    inputs = {} if inputs is None else inputs
+    batch = []
+    for image in images:
+        key = (id(image), size, tuple(model.mean), tuple(model.std), str(model.device))
+        if key not in inputs:
+            inputs[key] = model.preprocess([image], size)
+        batch.append(inputs[key])
     dtype = feature_dtype(model)
     with torch.autocast(model.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        tokens = model.patch_tokens(model.preprocess(images, model.input_size(scale))).float().cpu().numpy()
+        tokens = model.patch_tokens(torch.cat(batch)).float().cpu().numpy()
     return tokens / np.maximum(np.linalg.norm(tokens, axis=-1, keepdims=True), 1e-12)
 
 
@@ -55,15 +64,23 @@ def similarity_maps(explorer, picture: Image.Image, x: float, y: float, scale: f
     """Per model: {'model', 'patch' (row, col), 'query' (h, w) cosine map, 'neighbour' (h, w) cosine map of its
     top-1 gallery image, 'neighbour_index'}."""
     results = explorer.neighbours(None if query_index is not None else picture, 1, query_index=query_index)
-    out = []
+    out, inputs, shown = [], {}, {}
     for entry, found in zip(explorer.entries, results):
         index = int(found.indices[0])
-        tokens = tokens_of(entry.model, [picture, explorer.gallery.image(index)], scale)  # (2, h, w, D)
+        neighbour = _image(explorer, index, shown)
+        tokens = tokens_of(entry.model, [picture, neighbour], scale, inputs)  # (2, h, w, D)
         row, col = _patch_at(tokens.shape[1:3], x, y)
         chosen = tokens[0, row, col]  # (D,)
         out.append({"model": entry.label, "patch": (row, col), "query": tokens[0] @ chosen,
                     "neighbour": tokens[1] @ chosen, "neighbour_index": index})
     return out
+
+
+def _image(explorer, index: int, shown: dict) -> Image.Image:
+    """Gallery image `index`, decoded once per view (`shown`), so the models share its preprocessed input."""
+    if index not in shown:
+        shown[index] = explorer.gallery.image(index)
+    return shown[index]
 
 
 def _square(picture: Image.Image) -> np.ndarray:
@@ -106,7 +123,7 @@ def pca_rgb(token_sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(images, h, w, D) tokens -> ((images, h, w, 3) RGB in [0, 1], (images, h, w) bool foreground); see the
     module docstring."""
     n, h, w, d = token_sets.shape
-    flat = token_sets.reshape(-1, d).astype(np.float64)
+    flat = token_sets.reshape(-1, d).astype(np.float32)
     first = _components(flat, 1)[:, 0]
     first = (first - first.min()) / max(first.max() - first.min(), 1e-12)
     foreground = first > 0.5
@@ -122,15 +139,15 @@ def pca_rgb(token_sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _components(x: np.ndarray, k: int) -> np.ndarray:
     """Projections of the rows of x on their first k principal components (fewer columns padded with zeros), each
-    signed so its largest loading is positive. From the top k eigenvectors of the D x D covariance, not an SVD of
-    the N x D tokens: the same components, much faster for the ~1000 x 192 token sets of a 2x query and its
-    neighbours."""
-    centred = x - x.mean(axis=0, keepdims=True)
-    d, k_found = x.shape[1], min(k, len(x), x.shape[1])
-    values, vectors = scipy.linalg.eigh(centred.T @ centred, subset_by_index=[d - k_found, d - 1])
-    top = vectors[:, np.argsort(values)[::-1]]
-    top = top * np.sign(top[np.abs(top).argmax(axis=0), np.arange(top.shape[1])])
-    out = centred @ top
+    signed so its largest loading is positive. From the eigenvectors of the D x D covariance, not an SVD of the
+    N x D tokens, and in torch, not numpy: numpy's BLAS threads and torch's, alternating in one process, wait on
+    each other (a 192 x 192 numpy eigh right after a model's forward took 100 ms instead of 5 here)."""
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    centred = t - t.mean(dim=0, keepdim=True)
+    _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+    top = vectors[:, -min(k, len(x), x.shape[1]):].flip(1)
+    top = top * torch.sign(top[top.abs().argmax(dim=0), torch.arange(top.shape[1])])
+    out = (centred @ top).numpy()
     return np.pad(out, ((0, 0), (0, k - out.shape[1])))
 
 
@@ -140,10 +157,10 @@ def pca_view(explorer, picture: Image.Image, with_neighbours: bool, scale: float
     found = explorer.neighbours(None if query_index is not None else picture, PCA_NEIGHBOURS,
                                 query_index=query_index) if with_neighbours else []
     neighbour_ids = [[int(i) for i in r.indices] for r in found] or [[] for _ in explorer.entries]
-    rows = []
+    rows, inputs, shown = [], {}, {}  # each image decoded and preprocessed once for all models
     for entry, ids in zip(explorer.entries, neighbour_ids):
-        images = [picture] + [explorer.gallery.image(i) for i in ids]
-        rgb, foreground = pca_rgb(tokens_of(entry.model, images, scale))
+        images = [picture] + [_image(explorer, i, shown) for i in ids]
+        rgb, foreground = pca_rgb(tokens_of(entry.model, images, scale, inputs))
         tiles = []
         for k, image in enumerate(images):
             caption = entry.label if k == 0 else f"#{ids[k - 1]} {explorer.gallery.label_name(ids[k - 1])}"
