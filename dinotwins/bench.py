@@ -57,8 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "in the same run (bench_official.py)")
     p.add_argument("--retrieval", type=Path, metavar="DIR",
                    help="measure search in an extraction folder's index instead (python -m dinotwins.index DIR)")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="after the timing, profile --steps more steps of ours (and of the official step with "
+                        "--official) and print the ROWS operators with the most self CPU time to stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return p
+
+
+def print_profile(fn, steps: int, rows: int, title: str) -> None:
+    """`steps` calls of fn() under torch's profiler; the `rows` operators with the most self time, to stderr."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            fn()
+    print(f"profile: {title}, {steps} steps", file=sys.stderr)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40),
+          file=sys.stderr)
 
 
 def bench_config(args: argparse.Namespace) -> TrainConfig:
@@ -100,7 +116,7 @@ def cpu_description() -> dict[str, str | list[str]]:
     return {"cpu": name, "cpu_flags": [f for f in wanted if f in flags]}
 
 
-def bench_step(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, float | str]:
+def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0) -> dict[str, float | str]:
     batch, size = cfg.batch_size, cfg.model.image_size
     with tempfile.TemporaryDirectory() as tmp:
         # FLOPs are counted on an eager step (the counter cannot see inside compiled graphs).
@@ -124,6 +140,10 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, float | s
         _sync(device)
         step_s = (time.perf_counter() - start) / steps
         dtype = trainer.autocast_dtype or torch.float32
+        if profile_rows:
+            profiled = iter(range(warmup + steps, warmup + 2 * steps))
+            print_profile(lambda: trainer.train_step(images, next(profiled)), steps, profile_rows,
+                          f"our step ({cfg.method}, {dtype})")
     peak = peak_matmul_tflops(device, dtype)
     best_peak = max(peak, *(peak_matmul_tflops(device, other) for other in (torch.float32, torch.bfloat16)
                             if other != dtype and (device.type == "cuda" or pick_precision("bf16", device))))
@@ -150,15 +170,17 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, float | s
     }
 
 
-def compare_official(repo: Path, cfg: TrainConfig, steps: int, warmup: int, ours: dict) -> dict:
+def compare_official(repo: Path, cfg: TrainConfig, steps: int, warmup: int, ours: dict,
+                     profile_rows: int = 0) -> dict:
     """The official step at this shape, in its own precision (fp32 on a CPU) and, where ours ran in bf16, under bf16
     autocast too; and our speed over each."""
     from dinotwins.bench_official import official_step_bench
 
-    result = official_step_bench(repo, cfg, steps, warmup)
+    bf16_ours = ours["dtype"] == "bfloat16"
+    result = official_step_bench(repo, cfg, steps, warmup, profile_rows=0 if bf16_ours else profile_rows)
     result["speedup_over_official"] = round(ours["img_per_s"] / result["official_img_per_s"], 3)
-    if ours["dtype"] == "bfloat16":
-        bf16 = official_step_bench(repo, cfg, steps, warmup, bf16=True)
+    if bf16_ours:
+        bf16 = official_step_bench(repo, cfg, steps, warmup, bf16=True, profile_rows=profile_rows)
         result["official_bf16_img_per_s"] = bf16["official_img_per_s"]
         result["speedup_over_official_bf16"] = round(ours["img_per_s"] / bf16["official_img_per_s"], 3)
     return result
@@ -221,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
             result = bench_retrieval(args.retrieval)
         else:
             cfg = bench_config(args)
-            result = bench_data(cfg, args.steps) if args.data_pipeline else bench_step(cfg, args.steps, args.warmup)
+            result = (bench_data(cfg, args.steps) if args.data_pipeline
+                      else bench_step(cfg, args.steps, args.warmup, args.profile))
             if args.official is not None and not args.data_pipeline:
-                result.update(compare_official(args.official, cfg, args.steps, args.warmup, result))
+                result.update(compare_official(args.official, cfg, args.steps, args.warmup, result, args.profile))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

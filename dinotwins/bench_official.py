@@ -26,8 +26,9 @@ from torch import nn
 from dinotwins.errors import UserError
 
 
-def official_step_bench(repo: Path, cfg, steps: int, warmup: int, bf16: bool = False) -> dict:
-    """Images per second of the official step at `cfg`'s shape (a TrainConfig), over `steps` after `warmup`."""
+def official_step_bench(repo: Path, cfg, steps: int, warmup: int, bf16: bool = False, profile_rows: int = 0) -> dict:
+    """Images per second of the official step at `cfg`'s shape (a TrainConfig), over `steps` after `warmup`;
+    with `profile_rows`, then `steps` more under torch's profiler (its top operators to stderr)."""
     repo = Path(repo).expanduser().resolve()
     if not (repo / "main_dino.py").is_file() or not (repo / "vision_transformer.py").is_file():
         raise UserError(f"{repo} is not a clone of facebookresearch/dino (no main_dino.py); git clone it and pass its "
@@ -89,6 +90,10 @@ def official_step_bench(repo: Path, cfg, steps: int, warmup: int, bf16: bool = F
     for _ in range(steps):
         step()
     seconds = (time.perf_counter() - start) / steps
+    if profile_rows:
+        from dinotwins.bench import print_profile
+
+        print_profile(step, steps, profile_rows, f"official step ({'bfloat16' if bf16 else 'float32'})")
     return {"official_img_per_s": round(cfg.batch_size / seconds, 2), "official_step_s": round(seconds, 4),
             "official_dtype": "bfloat16" if bf16 else "float32", "official_commit": _commit(repo),
             "official_threads": torch.get_num_threads()}

@@ -23,11 +23,21 @@ def test_the_default_is_the_bench_preset_and_set_overrides_it():
 def test_a_short_bench_prints_one_json_row_of_the_config_it_timed():
     r = subprocess.run([sys.executable, "-m", "dinotwins.bench", "--preset", "smoke", "--method", "hybrid",
                         "--set", "precision=fp32", "--set", "backward_per_resolution=false", "--steps", "1",
-                        "--warmup", "0", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        "--warmup", "0", "--profile", "5", "--json"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     row = json.loads(r.stdout.strip().splitlines()[-1])
     assert (row["method"], row["dtype"], row["backward"], row["batch_size"]) == ("hybrid", "float32", "joint", 16)
-    assert row["img_per_s"] > 0 and row["gflop_per_img"] > 0
+    assert row["img_per_s"] > 0 and row["gflop_per_img"] > 0 and row["packed_crops"] is False
+    assert "profile: our step (hybrid, torch.float32), 1 steps" in r.stderr and "aten::" in r.stderr
+
+
+def test_packed_crops_auto_reports_its_choice():
+    r = subprocess.run([sys.executable, "-m", "dinotwins.bench", "--preset", "smoke", "--set", "packed_crops=auto",
+                        "--steps", "1", "--warmup", "0", "--json"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["packed_crops"] in ("auto (True)", "auto (False)")
 
 
 def test_a_bad_bench_flag_is_one_line():
