@@ -24,6 +24,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -116,8 +117,13 @@ def cpu_description() -> dict[str, str | list[str]]:
     return {"cpu": name, "cpu_flags": [f for f in wanted if f in flags]}
 
 
-def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0) -> dict[str, float | str]:
+def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
+               rivals: dict[str, Callable[[], None]] | None = None) -> dict[str, float | str]:
+    """Our step's speed and FLOP use at `cfg`. `rivals` (name -> one step of other code, e.g. the official DINO
+    step) are timed interleaved with ours, one step of each per round after their own warm-up, so a machine whose
+    speed drifts (shared CPUs) slows every side alike; each gets `{name}_img_per_s` and `speedup_over_{name}`."""
     batch, size = cfg.batch_size, cfg.model.image_size
+    rivals = rivals or {}
     with tempfile.TemporaryDirectory() as tmp:
         # FLOPs are counted on an eager step (the counter cannot see inside compiled graphs).
         eager = _bench_trainer(cfg, Path(tmp) / "eager", compile=False)
@@ -129,21 +135,25 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0)
         trainer = _bench_trainer(cfg, Path(tmp) / "timed", compile=True) if cfg.compile else eager
         del eager
         device = trainer.device
-        for step in range(warmup):
-            trainer.train_step(images, step)
+        steps_done = iter(range(10**9))
+        sides = {"ours": lambda: trainer.train_step(images, next(steps_done)), **rivals}
+        for run in sides.values():
+            for _ in range(warmup):
+                run()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
-        start = time.perf_counter()
-        for step in range(steps):
-            trainer.train_step(images, warmup + step)
-        _sync(device)
-        step_s = (time.perf_counter() - start) / steps
+        seconds = {name: 0.0 for name in sides}
+        for _ in range(steps):
+            for name, run in sides.items():
+                _sync(device)
+                start = time.perf_counter()
+                run()
+                _sync(device)
+                seconds[name] += time.perf_counter() - start
+        step_s = seconds["ours"] / steps
         dtype = trainer.autocast_dtype or torch.float32
-        if profile_rows:
-            profiled = iter(range(warmup + steps, warmup + 2 * steps))
-            print_profile(lambda: trainer.train_step(images, next(profiled)), steps, profile_rows,
-                          f"our step ({cfg.method}, {dtype})")
+        for name, run in sides.items() if profile_rows else ():
+            print_profile(run, steps, profile_rows, f"{name} ({cfg.method}, {dtype})" if name == "ours" else name)
     peak = peak_matmul_tflops(device, dtype)
     best_peak = max(peak, *(peak_matmul_tflops(device, other) for other in (torch.float32, torch.bfloat16)
                             if other != dtype and (device.type == "cuda" or pick_precision("bf16", device))))
@@ -152,7 +162,7 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0)
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
+    result = {
         "method": cfg.method, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(), "compile": cfg.compile,
         "attention": f"{cfg.attention} ({'fused' if trainer.fused_attention else 'explicit'})",
@@ -168,22 +178,24 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0)
         **(cpu_description() if device.type == "cpu" else {}),
         "peak_rss_mb" if device.type == "cpu" else "peak_gpu_mem_mb": round(peak_mem, 1),
     }
-
-
-def compare_official(repo: Path, cfg: TrainConfig, steps: int, warmup: int, ours: dict,
-                     profile_rows: int = 0) -> dict:
-    """The official step at this shape, in its own precision (fp32 on a CPU) and, where ours ran in bf16, under bf16
-    autocast too; and our speed over each."""
-    from dinotwins.bench_official import official_step_bench
-
-    bf16_ours = ours["dtype"] == "bfloat16"
-    result = official_step_bench(repo, cfg, steps, warmup, profile_rows=0 if bf16_ours else profile_rows)
-    result["speedup_over_official"] = round(ours["img_per_s"] / result["official_img_per_s"], 3)
-    if bf16_ours:
-        bf16 = official_step_bench(repo, cfg, steps, warmup, bf16=True, profile_rows=profile_rows)
-        result["official_bf16_img_per_s"] = bf16["official_img_per_s"]
-        result["speedup_over_official_bf16"] = round(ours["img_per_s"] / bf16["official_img_per_s"], 3)
+    for name in rivals:
+        result[f"{name}_img_per_s"] = round(batch * steps / seconds[name], 2)
+        result[f"speedup_over_{name}"] = round(seconds[name] / seconds["ours"], 3)
     return result
+
+
+def official_rivals(repo: Path, cfg: TrainConfig) -> tuple[dict[str, Callable[[], None]], dict[str, str]]:
+    """The official step at this shape in its own precision on this device (fp32 on a CPU), and, where ours runs in
+    bf16, under bf16 autocast too: ({'official': step, 'official_bf16': step}, facts for the result)."""
+    from dinotwins.bench_official import official_commit, official_step
+
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    rivals = {"official": official_step(repo, cfg)}
+    if device.type == "cpu" and pick_precision(cfg.precision, device) == torch.bfloat16:
+        rivals["official_bf16"] = official_step(repo, cfg, bf16=True)
+    return rivals, {"official_commit": official_commit(repo), "official_dtype": "float32 (and bfloat16 autocast)"
+                    if "official_bf16" in rivals else "float32", "timing": "interleaved, one step of each per round"}
 
 
 def _bench_trainer(cfg: TrainConfig, out: Path, compile: bool):
@@ -243,10 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             result = bench_retrieval(args.retrieval)
         else:
             cfg = bench_config(args)
-            result = (bench_data(cfg, args.steps) if args.data_pipeline
-                      else bench_step(cfg, args.steps, args.warmup, args.profile))
-            if args.official is not None and not args.data_pipeline:
-                result.update(compare_official(args.official, cfg, args.steps, args.warmup, result, args.profile))
+            if args.data_pipeline:
+                result = bench_data(cfg, args.steps)
+            else:
+                rivals, facts = official_rivals(args.official, cfg) if args.official is not None else ({}, {})
+                result = {**bench_step(cfg, args.steps, args.warmup, args.profile, rivals), **facts}
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""The official DINO training step, timed beside ours: `python -m dinotwins.bench --official PATH`.
+"""The official DINO training step, timed interleaved with ours: `python -m dinotwins.bench --official PATH`.
 
 PATH is a clone of facebookresearch/dino (nothing of it is copied here: its modules are imported from PATH). The
 step is `main_dino.train_one_epoch`'s loop body for one batch, on the CPU: the teacher on the 2 global crops and the
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -26,9 +26,8 @@ from torch import nn
 from dinotwins.errors import UserError
 
 
-def official_step_bench(repo: Path, cfg, steps: int, warmup: int, bf16: bool = False, profile_rows: int = 0) -> dict:
-    """Images per second of the official step at `cfg`'s shape (a TrainConfig), over `steps` after `warmup`;
-    with `profile_rows`, then `steps` more under torch's profiler (its top operators to stderr)."""
+def official_step(repo: Path, cfg, bf16: bool = False) -> Callable[[], None]:
+    """One call = one official training step at `cfg`'s shape (a TrainConfig), built from the clone at `repo`."""
     repo = Path(repo).expanduser().resolve()
     if not (repo / "main_dino.py").is_file() or not (repo / "vision_transformer.py").is_file():
         raise UserError(f"{repo} is not a clone of facebookresearch/dino (no main_dino.py); git clone it and pass its "
@@ -84,27 +83,16 @@ def official_step_bench(repo: Path, cfg, steps: int, warmup: int, bf16: bool = F
         if not math.isfinite(loss.item()):
             raise RuntimeError("the official step's loss is not finite")
 
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = (time.perf_counter() - start) / steps
-    if profile_rows:
-        from dinotwins.bench import print_profile
-
-        print_profile(step, steps, profile_rows, f"official step ({'bfloat16' if bf16 else 'float32'})")
-    return {"official_img_per_s": round(cfg.batch_size / seconds, 2), "official_step_s": round(seconds, 4),
-            "official_dtype": "bfloat16" if bf16 else "float32", "official_commit": _commit(repo),
-            "official_threads": torch.get_num_threads()}
+    return step
 
 
-def _commit(repo: Path) -> str:
-    head = repo / ".git" / "HEAD"
+def official_commit(repo: Path) -> str:
+    """The clone's checked-out commit (12 hex digits), or 'unknown'."""
+    git = Path(repo).expanduser().resolve() / ".git"
     try:
-        ref = head.read_text().strip()
+        ref = (git / "HEAD").read_text().strip()
         if ref.startswith("ref: "):
-            return (repo / ".git" / ref[5:]).read_text().strip()[:12]
+            return (git / ref[5:]).read_text().strip()[:12]
         return ref[:12]
     except OSError:
         return "unknown"
