@@ -29,7 +29,7 @@ def test_a_short_bench_prints_one_json_row_of_the_config_it_timed():
     row = json.loads(r.stdout.strip().splitlines()[-1])
     assert (row["method"], row["dtype"], row["backward"], row["batch_size"]) == ("hybrid", "float32", "joint", 16)
     assert row["img_per_s"] > 0 and row["gflop_per_img"] > 0 and row["packed_crops"] is False
-    assert "profile: our step (hybrid, torch.float32), 1 steps" in r.stderr and "aten::" in r.stderr
+    assert "profile: ours (hybrid, torch.float32), 1 steps" in r.stderr and "aten::" in r.stderr
 
 
 def test_packed_crops_auto_reports_its_choice():
