@@ -131,9 +131,11 @@ TRAIN_ARGS = ["--method", "hybrid", "--data", "synthetic:64", "--preset", "smoke
 
 
 def start_train(*args: str, log: Path) -> subprocess.Popen:
+    """train.py as a foreground run: SIGINT at its default even when this suite runs as a background job (a shell
+    starts those ignoring SIGINT, and train.py rightly keeps a signal it was started ignoring)."""
     with open(log, "a") as f:
         return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                env=ENV)
+                                env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def rows_written(run: Path) -> int:
