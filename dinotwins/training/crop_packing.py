@@ -16,17 +16,17 @@ from contextlib import AbstractContextManager
 
 import torch
 
-TRIALS = 2  # timed runs per form, after one untimed warm-up run
+TRIALS = 3  # timed rounds (one run of each form), after one untimed round
 
 
 def packed_is_faster(objective, global_views: list[torch.Tensor], local_views: list[torch.Tensor],
                      values: Mapping[str, float], autocast: Callable[[], AbstractContextManager]) -> bool:
-    """Whether `compute_gradients(packed=True)` beats the separate passes on these views (best of TRIALS each)."""
+    """Whether `compute_gradients(packed=True)` beats the separate passes on these views: TRIALS rounds of one run
+    of each, interleaved (so a machine whose speed drifts slows both alike), after one untimed round."""
     trial = copy.deepcopy(objective)
-    times = {}
-    for packed in (False, True):
-        best = float("inf")
-        for attempt in range(TRIALS + 1):
+    seconds = {False: 0.0, True: 0.0}
+    for attempt in range(TRIALS + 1):
+        for packed in (False, True):
             trial.student.zero_grad(set_to_none=True)
             _sync(global_views[0].device)
             start = time.perf_counter()
@@ -34,9 +34,8 @@ def packed_is_faster(objective, global_views: list[torch.Tensor], local_views: l
                                     packed=packed)
             _sync(global_views[0].device)
             if attempt:
-                best = min(best, time.perf_counter() - start)
-        times[packed] = best
-    return times[True] < times[False]
+                seconds[packed] += time.perf_counter() - start
+    return seconds[True] < seconds[False]
 
 
 def _sync(device: torch.device) -> None:
