@@ -3,9 +3,9 @@
 Both give the same loss and gradients (tests/test_dinov2.py); which is faster depends on the CPU or GPU, the dtype
 and the crop sizes (on the project's bf16 CPU, packing measured from 1.4x faster to no faster at the scenes
 preset's shape and slower at the bench preset's, README Performance). So `auto` times both, once, when a run
-starts: forward and backward of
-the run's own objective on its first batch, on a copy of the objective so the run's state is untouched. A few
-steps' time, once per run; a resumed run reads the choice from its config.yaml.
+starts: forward and backward of the run's own objective on its first batch, interleaved, on a copy of the
+objective so the run's state is untouched. A few steps' time, once per run; a resumed run reads the choice from
+its config.yaml.
 """
 
 from __future__ import annotations
