@@ -35,6 +35,7 @@ from dinotwins.config import TrainConfig, available_presets, build_config, dotte
 from dinotwins.data.augment import MultiCrop
 from dinotwins.errors import UserError
 from dinotwins.objectives import METHODS
+from dinotwins.training.distributed import resolve_device, synchronize
 from dinotwins.training.precision import pick_precision
 
 # Inside the timing nothing ends, saves or logs; random images stand in for the data.
@@ -96,11 +97,11 @@ def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, 
         a @ b
     best = 0.0
     for _ in range(trials):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(repeats):
             a @ b
-        _sync(device)
+        synchronize(device)
         best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12)
     return best
 
@@ -145,10 +146,10 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         seconds = {name: 0.0 for name in sides}
         for _ in range(steps):
             for name, run in sides.items():
-                _sync(device)
+                synchronize(device)
                 start = time.perf_counter()
                 run()
-                _sync(device)
+                synchronize(device)
                 seconds[name] += time.perf_counter() - start
         step_s = seconds["ours"] / steps
         dtype = trainer.autocast_dtype or torch.float32
@@ -189,8 +190,7 @@ def official_rivals(repo: Path, cfg: TrainConfig) -> tuple[dict[str, Callable[[]
     bf16, under bf16 autocast too: ({'official': step, 'official_bf16': step}, facts for the result)."""
     from dinotwins.bench_official import official_commit, official_step
 
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = resolve_device(cfg.device)
     rivals = {"official": official_step(repo, cfg)}
     if device.type == "cpu" and pick_precision(cfg.precision, device) == torch.bfloat16:
         rivals["official_bf16"] = official_step(repo, cfg, bf16=True)
@@ -270,11 +270,6 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in result.items():
             print(f"{key:<{width}}  {value}")
     return 0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@
 
 Tokens come from `LoadedModel.patch_tokens` (after the final norm) with the model run at `scale` times its
 training size, as in the Attention tab, in the dtype the embeddings are computed in (`feature_dtype`: bf16
-autocast where the CPU does bf16 fast; tokens within 1e-5 cosine of fp32's on the demo models). The click is a
+autocast where the CPU does bf16 fast, `feature_autocast`; tokens within 1e-5 cosine of fp32's on the demo models). The click is a
 point in [0, 1]^2 of the square query, so models with different patch grids each take their own patch under it.
 """
 
@@ -29,7 +29,7 @@ from app.images import read_query
 from app.tabs.attention import DEFAULT_SCALE, SCALES
 from app.tabs.base import TabContext, gradio_errors
 from dinotwins.errors import UserError
-from dinotwins.evaluation.features import feature_dtype
+from dinotwins.evaluation.features import feature_autocast
 
 TITLE, ID = "Patches", "patches"
 CLICK_SIZE = 256  # px of the square query shown for clicking
@@ -48,8 +48,7 @@ def tokens_of(model, images: list[Image.Image], scale: float, inputs: dict | Non
         if key not in inputs:
             inputs[key] = model.preprocess([image], size)
         batch.append(inputs[key])
-    dtype = feature_dtype(model)
-    with torch.autocast(model.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with feature_autocast(model):
         tokens = model.patch_tokens(torch.cat(batch)).float().cpu().numpy()
     return tokens / np.maximum(np.linalg.norm(tokens, axis=-1, keepdims=True), 1e-12)
 

@@ -73,9 +73,7 @@ def embed_batch(model, x: torch.Tensor) -> np.ndarray:
     """float32 (B, D) CLS embeddings of preprocessed images x (B, 3, S, S), the one way every feature is taken
     (the evaluation's datasets, the app's gallery and its queries): under bf16 autocast where the device does bf16
     fast (as in training: ~2.5x faster on this project's CPU, figures within bf16 rounding of fp32)."""
-    dtype = feature_dtype(model)
-    with torch.inference_mode(), torch.autocast(model.device.type, dtype=dtype or torch.float32,
-                                                enabled=dtype is not None):
+    with torch.inference_mode(), feature_autocast(model):
         # contiguous: the CLS row is a view into the (B, tokens, D) output, whose storage would otherwise stay
         # alive with every batch kept (13 MB per 256 images at 64 px: GBs over an extraction shard)
         return model.embed(x).float().contiguous().cpu().numpy()
@@ -98,6 +96,12 @@ def normalization_of(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def feature_dtype(model) -> torch.dtype | None:
     """The autocast dtype features are computed in (None: plain fp32)."""
     return pick_precision("auto", torch.device(model.device))
+
+
+def feature_autocast(model) -> torch.autocast:
+    """The precision context every feature of `model` is computed under (`feature_dtype`; disabled for fp32)."""
+    dtype = feature_dtype(model)
+    return torch.autocast(model.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def feature_cache_key(model, dataset: ImageDataset) -> str:

@@ -17,6 +17,8 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from dinotwins.training.distributed import synchronize
+
 TRIALS = 3  # timed rounds (one run of each form), after one untimed round
 
 
@@ -29,16 +31,11 @@ def packed_is_faster(objective, global_views: list[torch.Tensor], local_views: l
     for attempt in range(TRIALS + 1):
         for packed in (False, True):
             trial.student.zero_grad(set_to_none=True)
-            _sync(global_views[0].device)
+            synchronize(global_views[0].device)
             start = time.perf_counter()
             trial.compute_gradients(trial.student, global_views, local_views, values, autocast=autocast,
                                     packed=packed)
-            _sync(global_views[0].device)
+            synchronize(global_views[0].device)
             if attempt:
                 seconds[packed] += time.perf_counter() - start
     return seconds[True] < seconds[False]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
