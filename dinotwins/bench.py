@@ -36,7 +36,7 @@ from dinotwins.data.augment import MultiCrop
 from dinotwins.errors import UserError
 from dinotwins.objectives import METHODS
 from dinotwins.training.distributed import resolve_device, synchronize
-from dinotwins.training.precision import pick_precision
+from dinotwins.training.precision import cpu_isa_caps, pick_precision
 
 # Inside the timing nothing ends, saves or logs; random images stand in for the data.
 NEVER = {"max_steps": 10**9, "epochs": 10**6, "save_every": 10**9, "log_every": 10**9}
@@ -106,16 +106,17 @@ def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, 
     return best
 
 
-def cpu_description() -> dict[str, str | list[str]]:
-    """The CPU's model name and the instruction-set flags that decide the dtype (from /proc/cpuinfo)."""
+def cpu_description() -> dict[str, str | list[str] | dict[str, str]]:
+    """The CPU's model name, the instruction-set flags that decide the dtype (from /proc/cpuinfo) and the
+    instruction sets the libraries were capped to, if any (`cpu_isa`)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return {"cpu": "unknown", "cpu_flags": []}
+        return {"cpu": "unknown", "cpu_flags": [], "cpu_isa": cpu_isa_caps()}
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
-    return {"cpu": name, "cpu_flags": [f for f in wanted if f in flags]}
+    return {"cpu": name, "cpu_flags": [f for f in wanted if f in flags], "cpu_isa": cpu_isa_caps()}
 
 
 def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
@@ -156,8 +157,9 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         for name, run in sides.items() if profile_rows else ():
             print_profile(run, steps, profile_rows, f"{name} ({cfg.method}, {dtype})" if name == "ours" else name)
     peak = peak_matmul_tflops(device, dtype)
-    best_peak = max(peak, *(peak_matmul_tflops(device, other) for other in (torch.float32, torch.bfloat16)
-                            if other != dtype and (device.type == "cuda" or pick_precision("bf16", device))))
+    # bf16's peak only where bf16 is native: under an ISA cap it is an emulation, slower than fp32 (and minutes long)
+    best_peak = max([peak, *(peak_matmul_tflops(device, other) for other in (torch.float32, torch.bfloat16)
+                             if other != dtype and pick_precision("auto", device) == torch.bfloat16)])
     achieved = flops_per_step / step_s / 1e12
     if device.type == "cuda":
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**20

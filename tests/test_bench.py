@@ -1,9 +1,12 @@
 """`python -m dinotwins.bench`: a run's config (preset, --method, --set) timed through the real training step."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from dinotwins.bench import bench_config, build_parser
 
@@ -44,3 +47,26 @@ def test_a_bad_bench_flag_is_one_line():
     r = subprocess.run([sys.executable, "-m", "dinotwins.bench", "--set", "attention=sometimes"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: attention must be") and r.stderr.count("\n") == 1
+
+
+def test_auto_precision_follows_a_timing_not_only_the_cpu_flags(monkeypatch):
+    from dinotwins.training import precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)
+    for fp32_s, bf16_s, expected in ((1.0, 0.2, torch.bfloat16), (1.0, 0.9, None), (1.0, 30.0, None)):
+        precision.cpu_bf16_is_fast.cache_clear()
+        monkeypatch.setattr(precision, "matmul_seconds", lambda dtype: fp32_s if dtype == torch.float32 else bf16_s)
+        assert precision.pick_precision("auto", cpu) is expected
+        assert precision.pick_precision("bf16", cpu) is torch.bfloat16 and precision.pick_precision("fp32", cpu) is None
+    precision.cpu_bf16_is_fast.cache_clear()
+
+
+def test_libraries_capped_to_avx2_run_fp32_and_the_bench_says_so():
+    caps = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    r = subprocess.run([sys.executable, "-m", "dinotwins.bench", "--preset", "smoke", "--steps", "1", "--warmup", "0",
+                        "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **caps})
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert row["dtype"] == "float32" and row["cpu_isa"]["onednn_max"] == "AVX2"
+    assert row["cpu_isa"]["aten"] in ("AVX2", "DEFAULT")  # DEFAULT on a CPU without AVX2

@@ -1,23 +1,64 @@
-"""Which autocast dtype a device gets: bf16 where it computes bf16 fast, else plain fp32. Shared by training and
-feature extraction."""
+"""Which autocast dtype a device gets: bf16 where it computes bf16 fast, else plain fp32. Shared by training,
+feature extraction and the benchmark."""
 
 from __future__ import annotations
 
+import functools
+import os
+import time
 from pathlib import Path
 
 import torch
 
+# bf16 is chosen on a CPU when its matmul runs at least this much faster than fp32 (AMX: ~7x; AVX512-BF16 without
+# AMX: ~2x; a CPU whose libraries are capped below AVX512-BF16: ~0.03x).
+BF16_MIN_SPEEDUP = 1.3
+
 
 def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast dtype, or None for plain fp32. 'auto': bf16 on CUDA GPUs that support it and on CPUs
-    with native bf16 matmuls (AVX512-BF16/AMX), where it is several times faster than fp32."""
+    """bf16 autocast dtype, or None for plain fp32. 'auto': bf16 on CUDA GPUs that support it; on a CPU, bf16 where
+    its flags promise native bf16 (AVX512-BF16/AMX) and a one-off timing of a matmul confirms it is faster than fp32
+    in the libraries as loaded (an ISA cap such as ONEDNN_MAX_CPU_ISA=AVX2 makes bf16 an emulation, ~30x slower)."""
     if requested == "fp32":
         return None
     if requested == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else None
+    return torch.bfloat16 if cpu_bf16_is_fast() else None
+
+
+@functools.cache
+def cpu_bf16_is_fast() -> bool:
+    """True when this CPU has native bf16 flags and a 256-cube bf16 matmul beats fp32 by `BF16_MIN_SPEEDUP`
+    (measured once per process, a few ms where bf16 is native)."""
+    if not (torch.backends.mkldnn.is_available() and _cpu_has_bf16()):
+        return False
+    return matmul_seconds(torch.float32) / matmul_seconds(torch.bfloat16) >= BF16_MIN_SPEEDUP
+
+
+def matmul_seconds(dtype: torch.dtype, n: int = 256, repeats: int = 4, trials: int = 3) -> float:
+    """Best-of-`trials` seconds of `repeats` n x n x n CPU matmuls in `dtype`, on the current threads."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def cpu_isa_caps() -> dict[str, str]:
+    """The instruction sets the loaded libraries use, where capped below the CPU's own: ATen's kernels
+    (ATEN_CPU_CAPABILITY), oneDNN (ONEDNN_MAX_CPU_ISA) and MKL (MKL_ENABLE_INSTRUCTIONS). Capping all three to AVX2
+    runs this code as on an AVX2-only CPU (README, Performance)."""
+    caps = {"aten": torch.backends.cpu.get_cpu_capability()}
+    for key, env in (("onednn_max", "ONEDNN_MAX_CPU_ISA"), ("mkl", "MKL_ENABLE_INSTRUCTIONS")):
+        if os.environ.get(env):
+            caps[key] = os.environ[env]
+    return caps
 
 
 def _cpu_has_bf16() -> bool:
