@@ -3,8 +3,9 @@
 Step mode times `Trainer.train_step`, the very code train.py runs (multi-crop of a uint8 batch, student and
 teacher forward over all crops, loss, backward, clipping, optimizer step, EMA and center update), on random
 images after warm-up, and reports img/s, seconds per step, GFLOP per image (counted by
-torch.utils.flop_counter over one step), achieved TFLOP/s, the peak TFLOP/s of a large matmul measured on the
-same device and dtype, MFU = achieved / peak, and peak memory.
+torch.utils.flop_counter over one step), achieved TFLOP/s, the peak TFLOP/s of a large matmul on the same device
+and dtype (measured after every timed step, so a shared machine's drift moves both alike), MFU = achieved / peak
+(the median over steps of each step's own ratio), and peak memory.
 
 What runs is a run's config, set as for train.py: `--preset` (default `bench`, the issue's CPU configuration;
 dinotwins/presets/bench.yaml), `--method` and `--set key=value`, e.g. `--set precision=fp32 --set attention=fused`,
@@ -21,6 +22,7 @@ import dataclasses
 import itertools
 import json
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -144,22 +146,30 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
                 run()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = {name: 0.0 for name in sides}
+        dtype = trainer.autocast_dtype or torch.float32
+        # the roofline in the step's dtype and, where bf16 is native, in the other one too
+        peak_dtypes = [dtype, *(other for other in (torch.float32, torch.bfloat16)
+                                if other != dtype and pick_precision("auto", device) == torch.bfloat16)]
+        seconds = {name: [] for name in sides}
+        peaks = {dt: [] for dt in peak_dtypes}
         for _ in range(steps):
             for name, run in sides.items():
                 synchronize(device)
                 start = time.perf_counter()
                 run()
                 synchronize(device)
-                seconds[name] += time.perf_counter() - start
-        step_s = seconds["ours"] / steps
-        dtype = trainer.autocast_dtype or torch.float32
+                seconds[name].append(time.perf_counter() - start)
+            for dt in peak_dtypes:  # measured every round too, so a drifting machine moves step and roofline alike
+                peaks[dt].append(peak_matmul_tflops(device, dt, trials=1))
+        step_s = sum(seconds["ours"]) / steps
         for name, run in sides.items() if profile_rows else ():
             print_profile(run, steps, profile_rows, f"{name} ({cfg.method}, {dtype})" if name == "ours" else name)
-    peak = peak_matmul_tflops(device, dtype)
-    # bf16's peak only where bf16 is native: under an ISA cap it is an emulation, slower than fp32 (and minutes long)
-    best_peak = max([peak, *(peak_matmul_tflops(device, other) for other in (torch.float32, torch.bfloat16)
-                             if other != dtype and pick_precision("auto", device) == torch.bfloat16)])
+    # Each round's fraction: its step's FLOP rate over that round's peak; the median over rounds is reported.
+    best_per_round = [max(round_peaks) for round_peaks in zip(*peaks.values())]
+    peak = statistics.median(peaks[dtype])
+    best_peak = statistics.median(best_per_round)
+    mfu = statistics.median(flops_per_step / s / 1e12 / p for s, p in zip(seconds["ours"], peaks[dtype]))
+    fraction = statistics.median(flops_per_step / s / 1e12 / p for s, p in zip(seconds["ours"], best_per_round))
     achieved = flops_per_step / step_s / 1e12
     if device.type == "cuda":
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**20
@@ -175,15 +185,15 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         "batch_size": batch,
         "img_per_s": round(batch / step_s, 2), "step_s": round(step_s, 4),
         "gflop_per_img": round(flops_per_step / batch / 1e9, 3),
-        "achieved_tflops": round(achieved, 4), "peak_tflops": round(peak, 4), "mfu": round(achieved / peak, 4),
+        "achieved_tflops": round(achieved, 4), "peak_tflops": round(peak, 4), "mfu": round(mfu, 4),
         # the FLOP-equal limit: the step's FLOPs at the best matmul speed the device has in any dtype
-        "best_peak_tflops": round(best_peak, 4), "fraction_of_limit": round(achieved / best_peak, 4),
+        "best_peak_tflops": round(best_peak, 4), "fraction_of_limit": round(fraction, 4),
         **(cpu_description() if device.type == "cpu" else {}),
         "peak_rss_mb" if device.type == "cpu" else "peak_gpu_mem_mb": round(peak_mem, 1),
     }
     for name in rivals:
-        result[f"{name}_img_per_s"] = round(batch * steps / seconds[name], 2)
-        result[f"speedup_over_{name}"] = round(seconds[name] / seconds["ours"], 3)
+        result[f"{name}_img_per_s"] = round(batch * steps / sum(seconds[name]), 2)
+        result[f"speedup_over_{name}"] = round(sum(seconds[name]) / sum(seconds["ours"]), 3)
     return result
 
 

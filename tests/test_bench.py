@@ -32,6 +32,8 @@ def test_a_short_bench_prints_one_json_row_of_the_config_it_timed():
     row = json.loads(r.stdout.strip().splitlines()[-1])
     assert (row["method"], row["dtype"], row["backward"], row["batch_size"]) == ("hybrid", "float32", "joint", 16)
     assert row["img_per_s"] > 0 and row["gflop_per_img"] > 0 and row["packed_crops"] is False
+    # each step is compared with the roofline of its own round; the limit is the best dtype's, never below the own
+    assert 0 < row["fraction_of_limit"] <= row["mfu"] and row["best_peak_tflops"] >= row["peak_tflops"]
     assert "profile: ours (hybrid, torch.float32), 1 steps" in r.stderr and "aten::" in r.stderr
 
 
