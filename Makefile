@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data test test-fast demo demo-models bench bench-levers bench-cpu bench-memory bench-app clean
+.PHONY: setup data test test-fast demo demo-models bench bench-levers bench-cpu bench-cpu-avx2 bench-memory bench-app clean
 
 setup: $(STAMP) data
 
@@ -75,6 +75,13 @@ bench-cpu: setup
 	$(BIN)/python -m dinotwins.bench --preset scenes --official $(OFFICIAL) --json | tail -1
 	for flags in "--set packed_crops=false" "--set packed_crops=false --set backward_per_resolution=false" "--method barlow" "--method hybrid"; do \
 	  $(BIN)/python -m dinotwins.bench --preset scenes --json $$flags | tail -1; done
+
+# The same comparison as on an AVX2-only CPU: ATen, oneDNN and MKL capped to AVX2, so bf16 has no native path and
+# precision `auto` picks fp32 (README, Performance).
+AVX2_ONLY = ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+bench-cpu-avx2: setup
+	$(AVX2_ONLY) $(BIN)/python -m dinotwins.bench --official $(OFFICIAL) --json | tail -1
+	$(AVX2_ONLY) $(BIN)/python -m dinotwins.bench --preset scenes --official $(OFFICIAL) --json | tail -1
 
 bench-memory: setup
 	for method in dino hybrid; do for per_res in true false; do \
