@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     p.add_argument("--data-pipeline", action="store_true", help="measure the data pipeline instead")
     p.add_argument("--official", type=Path, metavar="PATH",
-                   help="also time the official DINO step (a clone of facebookresearch/dino at PATH) at the same shape, "
-                        "in the same run (bench_official.py)")
+                   help="also time the official DINO step (a clone of facebookresearch/dino at PATH) at the same "
+                        "shape, in the same run (bench_official.py); ours then runs without iBOT and KoLeo, which the "
+                        "official step lacks")
     p.add_argument("--retrieval", type=Path, metavar="DIR",
                    help="measure search in an extraction folder's index instead (python -m dinotwins.index DIR)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
@@ -210,6 +211,19 @@ def official_rivals(repo: Path, cfg: TrainConfig) -> tuple[dict[str, Callable[[]
                     if "official_bf16" in rivals else "float32", "timing": "interleaved, one step of each per round"}
 
 
+def match_official(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
+    """`cfg` without the ingredients the official DINO step lacks (iBOT, KoLeo), so both sides compute the same
+    objective; the facts name what was turned off."""
+    dino, ibot = cfg.objectives["dino"], cfg.objectives["ibot"]
+    off = [name for name, on in (("ibot.weight=0", ibot.weight > 0), ("dino.koleo_weight=0", dino.koleo_weight > 0))
+           if on]
+    if not off:
+        return cfg, {}
+    objectives = {**cfg.objectives, "dino": dataclasses.replace(dino, koleo_weight=0.0),
+                  "ibot": dataclasses.replace(ibot, weight=0.0)}
+    return dataclasses.replace(cfg, objectives=objectives), {"matched_to_official": ", ".join(off)}
+
+
 def _bench_trainer(cfg: TrainConfig, out: Path, compile: bool):
     from dinotwins.training.schedules import RunLength
     from dinotwins.training.trainer import Trainer
@@ -270,7 +284,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.data_pipeline:
                 result = bench_data(cfg, args.steps)
             else:
-                rivals, facts = official_rivals(args.official, cfg) if args.official is not None else ({}, {})
+                facts = {}
+                if args.official is not None:
+                    cfg, facts = match_official(cfg)
+                    rivals, official_facts = official_rivals(args.official, cfg)
+                    facts.update(official_facts)
+                else:
+                    rivals = {}
                 result = {**bench_step(cfg, args.steps, args.warmup, args.profile, rivals), **facts}
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

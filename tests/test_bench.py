@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from dinotwins.bench import bench_config, build_parser
+from dinotwins.bench import bench_config, build_parser, match_official
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,6 +21,17 @@ def test_the_default_is_the_bench_preset_and_set_overrides_it():
     cfg = bench_config(build_parser().parse_args(["--method", "hybrid", "--set", "batch_size=96",
                                                   "--set", "backward_per_resolution=false"]))
     assert (cfg.method, cfg.batch_size, cfg.backward_per_resolution, cfg.data) == ("hybrid", 96, False, "synthetic:96")
+
+
+def test_the_official_comparison_runs_the_same_objective():
+    scenes = bench_config(build_parser().parse_args(["--preset", "scenes"]))
+    assert scenes.objectives["ibot"].weight > 0 and scenes.objectives["dino"].koleo_weight > 0
+    matched, facts = match_official(scenes)
+    assert matched.objectives["ibot"].weight == 0 and matched.objectives["dino"].koleo_weight == 0
+    assert facts == {"matched_to_official": "ibot.weight=0, dino.koleo_weight=0"}
+    assert matched.model == scenes.model and matched.augment == scenes.augment
+    plain = bench_config(build_parser().parse_args([]))
+    assert match_official(plain) == (plain, {})
 
 
 def test_a_short_bench_prints_one_json_row_of_the_config_it_timed():
