@@ -1,7 +1,9 @@
 """Run under torchrun by tests/test_train_cli.py. After a few hybrid steps, every rank must hold the same student
 weights, with one backward per crop resolution (the first under DDP's no_sync) and with one joint backward, and
-the two modes must give the same weights. Prints 'ranks in sync'."""
+the two modes must give the same weights; and a precision each rank would time differently is rank 0's on every
+rank. Prints 'ranks in sync'."""
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -11,6 +13,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dinotwins.training import precision  # noqa: E402
 from dinotwins.training.trainer import Trainer  # noqa: E402
 from tests.conftest import smoke_config  # noqa: E402
 
@@ -25,6 +28,10 @@ def trained_weights(out: Path, per_resolution: bool, steps: int) -> torch.Tensor
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
+        precision.cpu_bf16_is_fast = lambda: os.environ["RANK"] == "0"  # as if the ranks' timings disagreed
+        auto = Trainer(smoke_config("dino", batch_size=8, precision="auto"), Path(tmp) / "auto", progress=False)
+        assert auto.autocast_dtype is torch.bfloat16, f"rank {os.environ['RANK']} computes in {auto.autocast_dtype}"
+        del auto
         initial = trained_weights(Path(tmp) / "initial", True, 0)
         split = trained_weights(Path(tmp) / "split", True, 3)
         joint = trained_weights(Path(tmp) / "joint", False, 3)

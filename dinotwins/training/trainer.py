@@ -73,7 +73,9 @@ class Trainer:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.dist = distributed.setup(cfg.device)
         self.device = self.dist.device
-        self.autocast_dtype = pick_precision(cfg.precision, self.device)
+        # a timing may decide `auto` (precision.py): every rank computes in rank 0's dtype
+        bf16 = distributed.same_on_every_rank(pick_precision(cfg.precision, self.device) == torch.bfloat16)
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
         self._check_out_dir(resume)
 
         self.dataset = load_dataset(cfg.data, "train", image_size=cfg.model.image_size)
