@@ -68,11 +68,11 @@ def test_auto_precision_follows_a_timing_not_only_the_cpu_flags(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)
     for fp32_s, bf16_s, expected in ((1.0, 0.2, torch.bfloat16), (1.0, 0.9, None), (1.0, 30.0, None)):
-        precision.cpu_bf16_is_fast.cache_clear()
+        precision.forget_timing()
         monkeypatch.setattr(precision, "matmul_seconds", lambda dtype: fp32_s if dtype == torch.float32 else bf16_s)
         assert precision.pick_precision("auto", cpu) is expected
         assert precision.pick_precision("bf16", cpu) is torch.bfloat16 and precision.pick_precision("fp32", cpu) is None
-    precision.cpu_bf16_is_fast.cache_clear()
+    precision.forget_timing()
 
 
 def test_libraries_capped_to_avx2_run_fp32_and_the_bench_says_so():

@@ -39,8 +39,9 @@ def extract(model, dataset, out: Path, *, shard_size: int = SHARD_SIZE, batch_si
     torchrun, call it in every rank after `distributed.setup` (the model on the rank's device)."""
     from dinotwins.data.augment import eval_transform
     from dinotwins.evaluation.features import PREPROCESSING_VERSION, embed_batch, normalization_of
-    from dinotwins.training import distributed
+    from dinotwins.training import distributed, precision
 
+    precision.agree_across_ranks()  # every rank embeds in rank 0's dtype, so shards match whatever the world size
     info = distributed.current()
     wanted = Manifest.new(model={"name": model.name, "weights_hash": model.weights_hash,
                                  "image_size": model.image_size, "embed_dim": model.embed_dim},

@@ -3,7 +3,6 @@ feature extraction and the benchmark."""
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from pathlib import Path
@@ -28,13 +27,32 @@ def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_bf16_is_fast() else None
 
 
-@functools.cache
+_bf16_fast: bool | None = None  # this process's answer, once timed (or agreed with rank 0)
+
+
 def cpu_bf16_is_fast() -> bool:
     """True when this CPU has native bf16 flags and a 256-cube bf16 matmul beats fp32 by `BF16_MIN_SPEEDUP`
     (measured once per process, a few ms where bf16 is native)."""
-    if not (torch.backends.mkldnn.is_available() and _cpu_has_bf16()):
-        return False
-    return matmul_seconds(torch.float32) / matmul_seconds(torch.bfloat16) >= BF16_MIN_SPEEDUP
+    global _bf16_fast
+    if _bf16_fast is None:
+        _bf16_fast = (torch.backends.mkldnn.is_available() and _cpu_has_bf16()
+                      and matmul_seconds(torch.float32) / matmul_seconds(torch.bfloat16) >= BF16_MIN_SPEEDUP)
+    return _bf16_fast
+
+
+def agree_across_ranks() -> None:
+    """Under torchrun, every rank takes rank 0's `cpu_bf16_is_fast` (timings can differ between processes); call it
+    in every rank at the same point. Without a process group it only times."""
+    global _bf16_fast
+    from dinotwins.training.distributed import same_on_every_rank
+
+    _bf16_fast = same_on_every_rank(cpu_bf16_is_fast())
+
+
+def forget_timing() -> None:
+    """Time again at the next `cpu_bf16_is_fast` (tests)."""
+    global _bf16_fast
+    _bf16_fast = None
 
 
 def matmul_seconds(dtype: torch.dtype, n: int = 256, repeats: int = 4, trials: int = 3) -> float:
