@@ -37,12 +37,11 @@ from dinotwins.files import atomic_write
 from dinotwins.models.backbone import fused_attention_for, set_fused_attention
 from dinotwins.models.export import EXPORT_NAME, export_backbone, export_path
 from dinotwins.objectives import build_objective
-from dinotwins.training import distributed, schedules
+from dinotwins.training import distributed, precision, schedules
 from dinotwins.training.checkpoint import latest_good, list_checkpoints, save_checkpoint
 from dinotwins.data.loader import StepBatches, prefetched, workers_for
 from dinotwins.training.collapse import CollapseMonitor, embedding_band
 from dinotwins.training.crop_packing import packed_is_faster
-from dinotwins.training.precision import pick_precision
 from dinotwins.training.runlog import RunLog
 from dinotwins.training.stop_signal import StopSignals
 
@@ -73,9 +72,9 @@ class Trainer:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.dist = distributed.setup(cfg.device)
         self.device = self.dist.device
-        # a timing may decide `auto` (precision.py): every rank computes in rank 0's dtype
-        bf16 = distributed.same_on_every_rank(pick_precision(cfg.precision, self.device) == torch.bfloat16)
-        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        if cfg.precision == "auto":
+            precision.agree_across_ranks()  # a timing decides `auto` on a CPU: every rank takes rank 0's
+        self.autocast_dtype = precision.pick_precision(cfg.precision, self.device)
         self._check_out_dir(resume)
 
         self.dataset = load_dataset(cfg.data, "train", image_size=cfg.model.image_size)
