@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import os
 import resource
 import statistics
 import sys
@@ -38,7 +39,7 @@ from dinotwins.data.augment import MultiCrop
 from dinotwins.errors import UserError
 from dinotwins.objectives import METHODS
 from dinotwins.training.distributed import resolve_device, synchronize
-from dinotwins.training.precision import cpu_isa_caps, pick_precision
+from dinotwins.training.precision import matmul_seconds, pick_precision
 
 # Inside the timing nothing ends, saves or logs; random images stand in for the data.
 NEVER = {"max_steps": 10**9, "epochs": 10**6, "save_every": 10**9, "log_every": 10**9}
@@ -94,19 +95,18 @@ def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, 
                        trials: int = 3) -> float:
     """TFLOP/s of an n x n x n matmul in `dtype` on `device`, the best of `trials` timings of `repeats` matmuls:
     the roofline the step is compared with."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    best = 0.0
-    for _ in range(trials):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        synchronize(device)
-        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12)
-    return best
+    return 2 * n**3 * repeats / matmul_seconds(dtype, n, repeats, trials, device=device, warmup=2) / 1e12
+
+
+def cpu_isa_caps() -> dict[str, str]:
+    """The instruction sets the loaded libraries use, where capped below the CPU's own: ATen's kernels
+    (ATEN_CPU_CAPABILITY), oneDNN (ONEDNN_MAX_CPU_ISA) and MKL (MKL_ENABLE_INSTRUCTIONS). Capping all three to AVX2
+    runs this code as on an AVX2-only CPU (README, Performance)."""
+    caps = {"aten": torch.backends.cpu.get_cpu_capability()}
+    for key, env in (("onednn_max", "ONEDNN_MAX_CPU_ISA"), ("mkl", "MKL_ENABLE_INSTRUCTIONS")):
+        if os.environ.get(env):
+            caps[key] = os.environ[env]
+    return caps
 
 
 def cpu_description() -> dict[str, str | list[str] | dict[str, str]]:

@@ -3,11 +3,12 @@ feature extraction and the benchmark."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import torch
+
+from dinotwins.training.distributed import same_on_every_rank, synchronize
 
 # bf16 is chosen on a CPU when its matmul runs at least this much faster than fp32 (AMX: ~7x; AVX512-BF16 without
 # AMX: ~2x; a CPU whose libraries are capped below AVX512-BF16: ~0.03x).
@@ -44,8 +45,6 @@ def agree_across_ranks() -> None:
     """Under torchrun, every rank takes rank 0's `cpu_bf16_is_fast` (timings can differ between processes); call it
     in every rank at the same point. Without a process group it only times."""
     global _bf16_fast
-    from dinotwins.training.distributed import same_on_every_rank
-
     _bf16_fast = same_on_every_rank(cpu_bf16_is_fast())
 
 
@@ -55,28 +54,22 @@ def forget_timing() -> None:
     _bf16_fast = None
 
 
-def matmul_seconds(dtype: torch.dtype, n: int = 256, repeats: int = 4, trials: int = 3) -> float:
-    """Best-of-`trials` seconds of `repeats` n x n x n CPU matmuls in `dtype`, on the current threads."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
+def matmul_seconds(dtype: torch.dtype, n: int = 256, repeats: int = 4, trials: int = 3,
+                   device: torch.device = torch.device("cpu"), warmup: int = 1) -> float:
+    """Best-of-`trials` seconds of `repeats` n x n x n matmuls in `dtype` on `device` (its queued work waited for),
+    after `warmup` untimed ones, on the current threads. The benchmark's roofline is this timing at n = 2048."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(warmup):
+        a @ b
     best = float("inf")
     for _ in range(trials):
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(repeats):
             a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best
-
-
-def cpu_isa_caps() -> dict[str, str]:
-    """The instruction sets the loaded libraries use, where capped below the CPU's own: ATen's kernels
-    (ATEN_CPU_CAPABILITY), oneDNN (ONEDNN_MAX_CPU_ISA) and MKL (MKL_ENABLE_INSTRUCTIONS). Capping all three to AVX2
-    runs this code as on an AVX2-only CPU (README, Performance)."""
-    caps = {"aten": torch.backends.cpu.get_cpu_capability()}
-    for key, env in (("onednn_max", "ONEDNN_MAX_CPU_ISA"), ("mkl", "MKL_ENABLE_INSTRUCTIONS")):
-        if os.environ.get(env):
-            caps[key] = os.environ[env]
-    return caps
 
 
 def _cpu_has_bf16() -> bool:
