@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dinotwins.evaluation.attention_masks import attention_jaccard, jaccard, mass_threshold_mask, upsample_mask
+from dinotwins.evaluation.attention_masks import (attention_jaccard, jaccard, mass_on_object, mass_threshold_mask,
+                                                  object_area, upsample_mask)
 
 
 def test_mass_threshold_keeps_the_smallest_set_reaching_the_mass():
@@ -51,3 +52,15 @@ def test_attention_jaccard_for_mean_map_and_each_head():
     mean_heads, per_head = attention_jaccard(attn, obj, keep_mass=0.6)
     assert per_head.tolist() == [1.0, 0.0]
     assert mean_heads == pytest.approx(0.5)  # the mean map keeps both patches: 4 object px of 8
+
+
+def test_mass_on_object_reads_against_the_object_area():
+    obj = torch.zeros(2, 4, 4, dtype=torch.bool)
+    obj[:, :2, :1] = True  # the object covers half of the top-left patch: 2 px of 16
+    on_object = torch.tensor([[[9.0, 1.0], [1.0, 1.0]]]).expand(2, 3, 2, 2)  # 3 heads, 75 % on that patch
+    blind = torch.ones(2, 3, 2, 2)  # spread evenly: the object's share of the image
+    assert object_area(obj) == pytest.approx(2 / 16)
+    assert mass_on_object(blind, obj) == pytest.approx(object_area(obj))
+    assert mass_on_object(on_object, obj) == pytest.approx(0.75 / 2)  # half of the patch's mass lies on object
+    heads = torch.stack([torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [0.0, 5.0]])])
+    assert mass_on_object(heads[None].expand(2, 2, 2, 2), obj) == pytest.approx(0.25)  # heads weigh the same

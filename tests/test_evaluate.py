@@ -139,9 +139,10 @@ def test_data_without_masks_scores_attention_on_synthetic_at_the_model_size(tiny
         loads.append((spec, split, image_size))
         return load_dataset("synthetic:64", split, image_size=image_size)  # small stand-in for the full split
     monkeypatch.setattr(rows_module, "load_dataset", spy)
-    mean_heads, best_head = rows_module.attention_scores(tiny_model, test)
+    scores = rows_module.attention_scores(tiny_model, test)
     assert loads == [("synthetic", "test", 16)]
-    assert 0.0 <= mean_heads <= 1.0 and 0.0 <= best_head <= 1.0
+    assert tuple(scores) == rows_module.ATTENTION_KEYS
+    assert all(0.0 <= value <= 1.0 for value in scores.values())
 
 
 def test_models_of_two_shapes_get_a_random_init_baseline_each_named_by_its_shape(tiny_model, tmp_path):
@@ -171,8 +172,9 @@ def test_cli_json_has_a_row_per_model_and_both_baselines(smoke_runs, tmp_path, c
         assert (row["num_train"], row["num_test"]) == (48, 64)
         assert 0.0 <= row["knn_top1"] <= row["knn_top5"] <= 1.0
         assert 0.0 <= row["linear_top1"] <= row["linear_top5"] <= 1.0
-    assert rows[2]["attn_jaccard_mean_heads"] is None and rows[2]["attn_jaccard_best_head"] is None
+    assert all(rows[2][key] is None for key in rows_module.ATTENTION_KEYS)
     assert all(0.0 <= rows[i]["attn_jaccard_mean_heads"] <= 1.0 for i in (0, 1, 3))
+    assert len({rows[i]["object_area"] for i in (0, 1, 3)}) == 1  # the same masks for every model
     assert main(args) == 0  # second run reads the cache and prints the same figures
     assert json.loads(capsys.readouterr().out) == rows
 

@@ -4,6 +4,10 @@
 mass: sort descending, cumulative sum, keep until the mass is reached (DINO's `visualize_attention.py`
 threshold, 0.6 by default). `attention_jaccard` upsamples those patch masks to pixels (nearest) and takes the
 Jaccard index (intersection over union) with the object masks, for the mean-of-heads map and for each head.
+`mass_on_object` is the share of the mean-of-heads map's mass that lies on the object: a map blind to the object
+puts about the object's area there, so it reads against `object_area`, where the Jaccard index has no such
+reference (a map spread evenly over the image, cut at 60 %, scores about 0.24 on the scenes test split, whose
+objects cover 23 % of the image).
 
 Pure tensor functions; the model call that produces the maps lives in rows.py.
 """
@@ -64,3 +68,16 @@ def attention_jaccard(attn: Tensor, object_masks: Tensor, keep_mass: float = KEE
     mean_heads = jaccard(mean_mask, object_masks).mean().item()
     per_head = jaccard(head_masks, object_masks[:, None]).mean(dim=0)  # (heads,)
     return mean_heads, per_head
+
+
+def mass_on_object(attn: Tensor, object_masks: Tensor) -> float:
+    """Mean over images of the share of the mean-of-heads map's mass on object pixels, each patch's mass spread
+    evenly over its pixels. attn (N, heads, h, w), object_masks bool (N, H, W)."""
+    probs = attn.double() / attn.double().sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+    covered = F.adaptive_avg_pool2d(object_masks[:, None].double(), tuple(attn.shape[-2:]))[:, 0]  # (N, h, w)
+    return (probs.mean(dim=1) * covered).sum(dim=(-2, -1)).mean().item()
+
+
+def object_area(object_masks: Tensor) -> float:
+    """Mean share of the image the object covers: the mass a map blind to the object puts on it."""
+    return object_masks.double().mean().item()

@@ -8,7 +8,8 @@ its blocks, width, heads, image and patch size, so models of two sizes get two r
 - attention-mask Jaccard on `synthetic` (the only data with exact object masks): the last layer's CLS attention
   cut at 60 % of its mass, against the object, for the mean-of-heads map and the best head (attention_masks.py).
   When --data has masks its test split is used; otherwise (Fashion-MNIST, CIFAR-10, folders) the first
-  `MASK_IMAGES` images of synthetic's test split, generated at the model's size;
+  `MASK_IMAGES` images of synthetic's test split, generated at the model's size; beside it the share of the
+  mean-of-heads map's mass on the object, and the object's share of the image (what a map blind to it gets);
 - embedding health of the test features: effective rank and the std of L2-normalized embeddings
   (embedding_health.py).
 
@@ -36,7 +37,7 @@ from dinotwins.data import load_dataset
 from dinotwins.data.augment import eval_transform
 from dinotwins.data.dataset import ImageDataset
 from dinotwins.errors import UserError
-from dinotwins.evaluation.attention_masks import KEEP_MASS, attention_jaccard
+from dinotwins.evaluation.attention_masks import KEEP_MASS, attention_jaccard, mass_on_object, object_area
 from dinotwins.evaluation.embedding_health import effective_rank, embedding_std
 from dinotwins.evaluation.features import (BATCH_SIZE, DEFAULT_CACHE_DIR, extract_features, normalization_of,
                                            raw_pixel_features)
@@ -46,10 +47,11 @@ from dinotwins.evaluation.probe import linear_probe
 LABEL_FRACTION = 0.1  # the DinoTwins paper's low-label protocol
 MASK_DATA = "synthetic"  # where attention masks are scored when --data has no object masks
 MASK_IMAGES = 1024
-COLUMNS = ("model", "knn_top1", "knn_top5", "linear_top1", "linear_top5", "attn_jaccard_mean_heads",
-           "attn_jaccard_best_head", "effective_rank", "embedding_std", "num_train", "num_test")
+ATTENTION_KEYS = ("attn_jaccard_mean_heads", "attn_jaccard_best_head", "attn_on_object", "object_area")
+COLUMNS = ("model", "knn_top1", "knn_top5", "linear_top1", "linear_top5", *ATTENTION_KEYS, "effective_rank",
+           "embedding_std", "num_train", "num_test")
 HEADERS = ("model", "k-NN top-1", "k-NN top-5", "linear top-1", "linear top-5", "attn J (mean)",
-           "attn J (best head)", "eff. rank", "emb. std", "train", "test")
+           "attn J (best head)", "attn on object", "object area", "eff. rank", "emb. std", "train", "test")
 RAW_PIXELS = "raw pixels"
 
 
@@ -73,8 +75,7 @@ def evaluate_model(model, train: ImageDataset, test: ImageDataset, *, k: int = K
     test_feats = extract_features(model, test, cache_dir=cache_dir, progress=progress)
     row = score_features(model.name, train_feats, train.labels, test_feats, test.labels, k=k,
                          temperature=temperature, label_fraction=label_fraction, seed=seed)
-    row["attn_jaccard_mean_heads"], row["attn_jaccard_best_head"] = attention_scores(model, test, keep_mass,
-                                                                                      scale=attention_scale)
+    row.update(attention_scores(model, test, keep_mass, scale=attention_scale))
     return {key: row[key] for key in COLUMNS}
 
 
@@ -85,7 +86,7 @@ def evaluate_raw_pixels(train: ImageDataset, test: ImageDataset, *, k: int = KNN
     check_options(k, temperature, label_fraction)
     row = score_features(RAW_PIXELS, raw_pixel_features(train), train.labels, raw_pixel_features(test),
                          test.labels, k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
-    row["attn_jaccard_mean_heads"] = row["attn_jaccard_best_head"] = None
+    row.update(dict.fromkeys(ATTENTION_KEYS))
     return {key: row[key] for key in COLUMNS}
 
 
@@ -107,9 +108,10 @@ def score_features(name: str, train_feats: np.ndarray, train_labels: torch.Tenso
 
 
 def attention_scores(model, test: ImageDataset, keep_mass: float = KEEP_MASS, batch_size: int = BATCH_SIZE,
-                     scale: float = 1.0) -> tuple[float | None, float | None]:
-    """(Jaccard of the mean-of-heads masks, of the best head) on the test split's object masks, the model run at
-    `scale` times its training size (`LoadedModel.input_size`).
+                     scale: float = 1.0) -> dict[str, float]:
+    """`ATTENTION_KEYS` on the test split's object masks: the Jaccard index of the mean-of-heads masks and of the
+    best head, the mean map's mass on the object and the object's area, the model run at `scale` times its
+    training size (`LoadedModel.input_size`).
 
     A test split without masks is replaced by the first `MASK_IMAGES` of synthetic's test split. When the stored
     size differs from the input size, the same split is generated again at the input size (synthetic and scenes
@@ -128,8 +130,10 @@ def attention_scores(model, test: ImageDataset, keep_mass: float = KEEP_MASS, ba
             indices = torch.arange(start, min(start + batch_size, len(test)))
             x = eval_transform(test.get_batch(indices).to(model.device), size, mean, std)
             maps.append(model.attention(x).cpu())  # (B, heads, h, w)
-    mean_heads, per_head = attention_jaccard(torch.cat(maps), test.masks.cpu(), keep_mass)
-    return mean_heads, per_head.max().item()
+    maps, masks = torch.cat(maps), test.masks.cpu()
+    mean_heads, per_head = attention_jaccard(maps, masks, keep_mass)
+    return dict(zip(ATTENTION_KEYS, (mean_heads, per_head.max().item(), mass_on_object(maps, masks),
+                                     object_area(masks))))
 
 
 def limit_dataset(dataset: ImageDataset, n: int | None, seed: int = 0, *, first: bool = False) -> ImageDataset:
@@ -152,7 +156,7 @@ def _cell(key: str, value: Any) -> str:
         return "-"
     if key.startswith(("knn_", "linear_")):
         return f"{100 * value:.1f}%"
-    if key.startswith("attn_"):
+    if key.startswith("attn_") or key == "object_area":
         return f"{value:.3f}"
     if key == "effective_rank":
         return f"{value:.1f}"
