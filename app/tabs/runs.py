@@ -45,7 +45,7 @@ PANELS = (
 )
 PANEL_COLUMNS = 4
 TABLE_HEADERS = ("model", "method", "data", "architecture", "steps", "training", "k-NN top-1", "linear top-1",
-                 "attn J mean / best head", "eff. rank")
+                 "attn J mean / best head", "attn on object / object area", "eff. rank")
 CARD_FIELDS = ("method", "data", "steps", "total_steps", "epochs", "git_commit", "created", "source", "note")
 
 
@@ -86,10 +86,12 @@ def comparison_rows(entries: list[ModelEntry]) -> list[list[str]]:
             training = f"{seconds / 3600:.1f} h" + (f" on {_first_clause(device)}" if device else "")
         steps = meta.get("steps", report.get("steps"))
         jaccards = (full.get("attn_jaccard_mean_heads"), full.get("attn_jaccard_best_head"))
+        on_object = (full.get("attn_on_object"), full.get("object_area"))
         rows.append([entry.label, str(meta.get("method", "-")), str(meta.get("data", "-")), architecture(entry),
                      "-" if steps is None else str(steps), training, _percent(full.get("knn_top1")),
                      _percent(full.get("linear_top1")),
                      "-" if None in jaccards else f"{jaccards[0]:.3f} / {jaccards[1]:.3f}",
+                     "-" if None in on_object else f"{on_object[0]:.3f} / {on_object[1]:.3f}",
                      "-" if full.get("effective_rank") is None else f"{full['effective_rank']:.1f}"])
     return rows
 
