@@ -125,7 +125,7 @@ def test_evaluate_model_row_and_attention_regenerated_at_the_model_size(tiny_mod
     assert loads == [("synthetic:64", "test", 16)]  # the attention masks come from 16 px synthetic images
     assert tuple(row) == COLUMNS
     assert (row["num_train"], row["num_test"]) == (64, 20)
-    for key in ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "attn_jaccard_mean_heads"):
+    for key in ("knn_top1", "knn_top5", "linear_top1", "linear_top5", "attn_jaccard_mean_heads", "patch_fg_iou"):
         assert 0.0 <= row[key] <= 1.0, key
     assert row["attn_jaccard_mean_heads"] <= 1.0 and row["attn_jaccard_best_head"] >= 0.0
     assert 1.0 <= row["effective_rank"] <= 20 and row["embedding_std"] > 0
@@ -143,6 +143,7 @@ def test_data_without_masks_scores_attention_on_synthetic_at_the_model_size(tiny
     assert loads == [("synthetic", "test", 16)]
     assert tuple(scores) == rows_module.ATTENTION_KEYS
     assert all(0.0 <= value <= 1.0 for value in scores.values())
+    assert rows_module.foreground_probe_score(tiny_model, test, test) is None  # the probe needs the data's masks
 
 
 def test_models_of_two_shapes_get_a_random_init_baseline_each_named_by_its_shape(tiny_model, tmp_path):
@@ -172,7 +173,7 @@ def test_cli_json_has_a_row_per_model_and_both_baselines(smoke_runs, tmp_path, c
         assert (row["num_train"], row["num_test"]) == (48, 64)
         assert 0.0 <= row["knn_top1"] <= row["knn_top5"] <= 1.0
         assert 0.0 <= row["linear_top1"] <= row["linear_top5"] <= 1.0
-    assert all(rows[2][key] is None for key in rows_module.ATTENTION_KEYS)
+    assert all(rows[2][key] is None for key in (*rows_module.ATTENTION_KEYS, "patch_fg_iou"))
     assert all(0.0 <= rows[i]["attn_jaccard_mean_heads"] <= 1.0 for i in (0, 1, 3))
     assert len({rows[i]["object_area"] for i in (0, 1, 3)}) == 1  # the same masks for every model
     assert main(args) == 0  # second run reads the cache and prints the same figures

@@ -10,6 +10,9 @@ its blocks, width, heads, image and patch size, so models of two sizes get two r
   When --data has masks its test split is used; otherwise (Fashion-MNIST, CIFAR-10, folders) the first
   `MASK_IMAGES` images of synthetic's test split, generated at the model's size; beside it the share of the
   mean-of-heads map's mass on the object, and the object's share of the image (what a map blind to it gets);
+- foreground probe (patch_probe.py): where --data has object masks in both splits, a logistic regression on the
+  last-layer patch tokens of the first `PROBE_IMAGES` train images, telling object patches from background ones;
+  the IoU of its foreground on the test split;
 - embedding health of the test features: effective rank and the std of L2-normalized embeddings
   (embedding_health.py).
 
@@ -42,16 +45,19 @@ from dinotwins.evaluation.embedding_health import effective_rank, embedding_std
 from dinotwins.evaluation.features import (BATCH_SIZE, DEFAULT_CACHE_DIR, extract_features, normalization_of,
                                            raw_pixel_features)
 from dinotwins.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_classify
+from dinotwins.evaluation.patch_probe import foreground_probe_iou
 from dinotwins.evaluation.probe import linear_probe
 
 LABEL_FRACTION = 0.1  # the DinoTwins paper's low-label protocol
 MASK_DATA = "synthetic"  # where attention masks are scored when --data has no object masks
 MASK_IMAGES = 1024
 ATTENTION_KEYS = ("attn_jaccard_mean_heads", "attn_jaccard_best_head", "attn_on_object", "object_area")
-COLUMNS = ("model", "knn_top1", "knn_top5", "linear_top1", "linear_top5", *ATTENTION_KEYS, "effective_rank",
-           "embedding_std", "num_train", "num_test")
+COLUMNS = ("model", "knn_top1", "knn_top5", "linear_top1", "linear_top5", *ATTENTION_KEYS, "patch_fg_iou",
+           "effective_rank", "embedding_std", "num_train", "num_test")
 HEADERS = ("model", "k-NN top-1", "k-NN top-5", "linear top-1", "linear top-5", "attn J (mean)",
-           "attn J (best head)", "attn on object", "object area", "eff. rank", "emb. std", "train", "test")
+           "attn J (best head)", "attn on object", "object area", "patch fg IoU", "eff. rank", "emb. std", "train",
+           "test")
+PROBE_IMAGES = 1000  # train images the foreground probe learns from (64 patches each at 64 px / 8)
 RAW_PIXELS = "raw pixels"
 
 
@@ -76,6 +82,7 @@ def evaluate_model(model, train: ImageDataset, test: ImageDataset, *, k: int = K
     row = score_features(model.name, train_feats, train.labels, test_feats, test.labels, k=k,
                          temperature=temperature, label_fraction=label_fraction, seed=seed)
     row.update(attention_scores(model, test, keep_mass, scale=attention_scale))
+    row["patch_fg_iou"] = foreground_probe_score(model, train, test)
     return {key: row[key] for key in COLUMNS}
 
 
@@ -86,7 +93,7 @@ def evaluate_raw_pixels(train: ImageDataset, test: ImageDataset, *, k: int = KNN
     check_options(k, temperature, label_fraction)
     row = score_features(RAW_PIXELS, raw_pixel_features(train), train.labels, raw_pixel_features(test),
                          test.labels, k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
-    row.update(dict.fromkeys(ATTENTION_KEYS))
+    row.update(dict.fromkeys((*ATTENTION_KEYS, "patch_fg_iou")))
     return {key: row[key] for key in COLUMNS}
 
 
@@ -123,17 +130,33 @@ def attention_scores(model, test: ImageDataset, keep_mass: float = KEEP_MASS, ba
     if test.image_shape[-1] != size:
         regenerated = load_dataset(test.name, test.split, image_size=size)
         test = limit_dataset(regenerated, len(test), first=True)
-    mean, std = normalization_of(model)
-    maps = []
-    with torch.inference_mode():
-        for start in range(0, len(test), batch_size):
-            indices = torch.arange(start, min(start + batch_size, len(test)))
-            x = eval_transform(test.get_batch(indices).to(model.device), size, mean, std)
-            maps.append(model.attention(x).cpu())  # (B, heads, h, w)
-    maps, masks = torch.cat(maps), test.masks.cpu()
+    maps, masks = per_batch(model.attention, model, test, size, batch_size), test.masks.cpu()  # (N, heads, h, w)
     mean_heads, per_head = attention_jaccard(maps, masks, keep_mass)
     return dict(zip(ATTENTION_KEYS, (mean_heads, per_head.max().item(), mass_on_object(maps, masks),
                                      object_area(masks))))
+
+
+def foreground_probe_score(model, train: ImageDataset, test: ImageDataset,
+                           batch_size: int = BATCH_SIZE) -> float | None:
+    """`foreground_probe_iou` of the model's last-layer patch tokens at its training size, fit on the first
+    `PROBE_IMAGES` train images and scored on the test split; None where either split has no masks."""
+    if train.masks is None or test.masks is None:
+        return None
+    train = limit_dataset(train, PROBE_IMAGES, first=True)
+    tokens = [per_batch(model.patch_tokens, model, data, model.image_size, batch_size) for data in (train, test)]
+    return foreground_probe_iou(tokens[0], train.masks.cpu(), tokens[1], test.masks.cpu())
+
+
+def per_batch(call, model, data: ImageDataset, size: int, batch_size: int = BATCH_SIZE) -> torch.Tensor:
+    """call(x) over the dataset in batches, x its images through `eval_transform` at `size`; concatenated on the
+    CPU."""
+    mean, std = normalization_of(model)
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            indices = torch.arange(start, min(start + batch_size, len(data)))
+            outputs.append(call(eval_transform(data.get_batch(indices).to(model.device), size, mean, std)).cpu())
+    return torch.cat(outputs)
 
 
 def limit_dataset(dataset: ImageDataset, n: int | None, seed: int = 0, *, first: bool = False) -> ImageDataset:
@@ -156,7 +179,7 @@ def _cell(key: str, value: Any) -> str:
         return "-"
     if key.startswith(("knn_", "linear_")):
         return f"{100 * value:.1f}%"
-    if key.startswith("attn_") or key == "object_area":
+    if key.startswith("attn_") or key in ("object_area", "patch_fg_iou"):
         return f"{value:.3f}"
     if key == "effective_rank":
         return f"{value:.1f}"
