@@ -5,7 +5,7 @@ its blocks, width, heads, image and patch size, so models of two sizes get two r
 - k-NN: the DINO paper's weighted vote (k = 20, T = 0.07) of the test split against every train label (knn.py);
 - linear probe: logistic regression on a class-balanced, seeded 10 % of the train labels, the DinoTwins paper's
   low-label protocol (probe.py);
-- attention-mask Jaccard on `synthetic` (the only data with exact object masks): the last layer's CLS attention
+- attention-mask Jaccard on data with exact object masks (`scenes`, `synthetic`): the last layer's CLS attention
   cut at 60 % of its mass, against the object, for the mean-of-heads map and the best head (attention_masks.py).
   When --data has masks its test split is used; otherwise (Fashion-MNIST, CIFAR-10, folders) the first
   `MASK_IMAGES` images of synthetic's test split, generated at the model's size; beside it the share of the
@@ -130,7 +130,7 @@ def attention_scores(model, test: ImageDataset, keep_mass: float = KEEP_MASS, ba
     if test.image_shape[-1] != size:
         regenerated = load_dataset(test.name, test.split, image_size=size)
         test = limit_dataset(regenerated, len(test), first=True)
-    maps, masks = per_batch(model.attention, model, test, size, batch_size), test.masks.cpu()  # (N, heads, h, w)
+    maps, masks = _per_batch(model.attention, model, test, size, batch_size), test.masks.cpu()  # (N, heads, h, w)
     mean_heads, per_head = attention_jaccard(maps, masks, keep_mass)
     return dict(zip(ATTENTION_KEYS, (mean_heads, per_head.max().item(), mass_on_object(maps, masks),
                                      object_area(masks))))
@@ -143,11 +143,11 @@ def foreground_probe_score(model, train: ImageDataset, test: ImageDataset,
     if train.masks is None or test.masks is None:
         return None
     train = limit_dataset(train, PROBE_IMAGES, first=True)
-    tokens = [per_batch(model.patch_tokens, model, data, model.image_size, batch_size) for data in (train, test)]
+    tokens = [_per_batch(model.patch_tokens, model, data, model.image_size, batch_size) for data in (train, test)]
     return foreground_probe_iou(tokens[0], train.masks.cpu(), tokens[1], test.masks.cpu())
 
 
-def per_batch(call, model, data: ImageDataset, size: int, batch_size: int = BATCH_SIZE) -> torch.Tensor:
+def _per_batch(call, model, data: ImageDataset, size: int, batch_size: int = BATCH_SIZE) -> torch.Tensor:
     """call(x) over the dataset in batches, x its images through `eval_transform` at `size`; concatenated on the
     CPU."""
     mean, std = normalization_of(model)
