@@ -32,8 +32,7 @@ def mass_threshold_mask(attn: Tensor | np.ndarray, keep_mass: float = KEEP_MASS)
     if not 0.0 < keep_mass <= 1.0:
         raise ValueError(f"keep_mass must be in (0, 1], got {keep_mass}")
     attn = torch.as_tensor(attn)
-    flat = attn.flatten(-2).double()  # (..., h*w)
-    flat = flat / flat.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+    flat = normalized(attn).flatten(-2)  # (..., h*w)
     values, order = flat.sort(dim=-1, descending=True, stable=True)
     mass_above = values.cumsum(dim=-1) - values  # (..., h*w): mass of the higher-ranked patches
     keep_sorted = mass_above < keep_mass - _MASS_TOLERANCE
@@ -62,7 +61,7 @@ def attention_jaccard(attn: Tensor, object_masks: Tensor, keep_mass: float = KEE
     the patches before the heads are averaged, so every head weighs the same in the mean map.
     """
     size = tuple(object_masks.shape[-2:])
-    probs = attn.double() / attn.double().sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)  # (N, heads, h, w)
+    probs = normalized(attn)  # (N, heads, h, w)
     mean_mask = upsample_mask(mass_threshold_mask(probs.mean(dim=1), keep_mass), size)  # (N, H, W)
     head_masks = upsample_mask(mass_threshold_mask(probs, keep_mass), size)  # (N, heads, H, W)
     mean_heads = jaccard(mean_mask, object_masks).mean().item()
@@ -70,12 +69,22 @@ def attention_jaccard(attn: Tensor, object_masks: Tensor, keep_mass: float = KEE
     return mean_heads, per_head
 
 
+def normalized(attn: Tensor) -> Tensor:
+    """float64 (..., h, w): each map divided by its total mass."""
+    attn = attn.double()
+    return attn / attn.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+
+
+def patch_cover(object_masks: Tensor, grid: tuple[int, int]) -> Tensor:
+    """float64 (N, h, w): the share of each patch of a (h, w) grid that the object covers; masks bool (N, H, W)."""
+    return F.adaptive_avg_pool2d(object_masks[:, None].double(), grid)[:, 0]
+
+
 def mass_on_object(attn: Tensor, object_masks: Tensor) -> float:
     """Mean over images of the share of the mean-of-heads map's mass on object pixels, each patch's mass spread
     evenly over its pixels. attn (N, heads, h, w), object_masks bool (N, H, W)."""
-    probs = attn.double() / attn.double().sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
-    covered = F.adaptive_avg_pool2d(object_masks[:, None].double(), tuple(attn.shape[-2:]))[:, 0]  # (N, h, w)
-    return (probs.mean(dim=1) * covered).sum(dim=(-2, -1)).mean().item()
+    covered = patch_cover(object_masks, tuple(attn.shape[-2:]))
+    return (normalized(attn).mean(dim=1) * covered).sum(dim=(-2, -1)).mean().item()
 
 
 def object_area(object_masks: Tensor) -> float:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor
+
+from dinotwins.evaluation.attention_masks import patch_cover
 
 FOREGROUND_COVER = 0.5  # a patch is foreground when the object covers at least this share of it
 MAX_ITER = 1000
@@ -25,8 +25,7 @@ MAX_ITER = 1000
 
 def patch_foreground(object_masks: Tensor, grid: tuple[int, int]) -> Tensor:
     """bool (N, h, w): the patches of a (h, w) grid the object covers at least `FOREGROUND_COVER` of."""
-    cover = F.adaptive_avg_pool2d(object_masks[:, None].float(), grid)[:, 0]
-    return cover >= FOREGROUND_COVER
+    return patch_cover(object_masks, grid) >= FOREGROUND_COVER
 
 
 def foreground_probe_iou(train_tokens: Tensor, train_masks: Tensor, test_tokens: Tensor,
