@@ -146,6 +146,16 @@ def test_data_without_masks_scores_attention_on_synthetic_at_the_model_size(tiny
     assert rows_module.foreground_probe_score(tiny_model, test, test) is None  # the probe needs the data's masks
 
 
+def test_attention_scores_read_the_block_asked_for_and_the_last_by_default():
+    config = dataclasses.replace(TINY, depth=2)
+    model = LoadedModel(create_backbone(config), config, name="two blocks", metadata={}, weights_hash="two-blocks")
+    test = load_dataset("synthetic:64", "test", image_size=16)
+    last, second, first = (rows_module.attention_scores(model, test, layer=layer) for layer in (0, 2, 1))
+    assert last == second  # 0 means the last block, here the second
+    assert first["attn_on_object"] != last["attn_on_object"]  # the first block's maps are other maps
+    assert first["object_area"] == last["object_area"]  # on the same masks
+
+
 def test_models_of_two_shapes_get_a_random_init_baseline_each_named_by_its_shape(tiny_model, tmp_path):
     deeper_config = dataclasses.replace(TINY, depth=TINY.depth + 1)
     deeper = LoadedModel(create_backbone(deeper_config), deeper_config, name="deeper", metadata={},
@@ -194,6 +204,8 @@ def test_cli_markdown_table_without_baselines(smoke_runs, tmp_path, capsys):
     (["--data", "synthetic:64", "--label-fraction", "1.5"], "--label-fraction"),
     (["--data", "synthetic:64", "--k", "0"], "--k"),
     (["--data", "synthetic:64", "--json", "--markdown"], "not allowed with"),
+    (["--data", "synthetic:64", "--attention-layer", "-1"], "--attention-layer must be a block number"),
+    (["--data", "synthetic:64", "--attention-layer", "99"], "blocks; pick 1 to"),
 ])
 def test_cli_user_errors_are_one_line_and_exit_2(smoke_runs, tmp_path, capsys, extra, message):
     assert main([str(smoke_runs["dino"]), "--cache-dir", str(tmp_path), *extra]) == 2

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-scale", type=float, default=1.0, metavar="S",
                    help="run each model at S times its training size for the attention masks (position embeddings "
                         "interpolated; finer maps), e.g. 1.5 or 2 (default 1)")
+    p.add_argument("--attention-layer", type=int, default=0, metavar="L",
+                   help="read the CLS attention of block L (1 = first), as the app's Layer control; default 0, the "
+                        "last block")
     p.add_argument("--limit-train", type=int, metavar="N", help="a seeded random N of the train split")
     p.add_argument("--limit-test", type=int, metavar="N", help="a seeded random N of the test split")
     p.add_argument("--seed", type=int, default=0, help="subsets, the probe's labeled split, the random-init ViT")
@@ -69,11 +72,18 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     check_options(args.k, args.temperature, args.label_fraction)
     if not args.attention_scale > 0:
         raise UserError(f"--attention-scale must be positive, got {args.attention_scale}; e.g. 1.5 or 2")
+    if args.attention_layer < 0:
+        raise UserError(f"--attention-layer must be a block number (1 = first) or 0 for the last, got "
+                        f"{args.attention_layer}")
     for flag, value in (("--limit-train", args.limit_train), ("--limit-test", args.limit_test)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     device = _device(args.device)
     models = [load_model(path, device=device) for path in args.models]
+    for model, path in zip(models, args.models):
+        if args.attention_layer > model.depth:
+            raise UserError(f"--attention-layer {args.attention_layer}: {path} has {model.depth} blocks; pick 1 to "
+                            f"{model.depth}, or 0 for the last")
     for model, name in zip(models, distinct_names([m.name for m in models], args.models)):
         model.name = name
     size = models[0].image_size
@@ -82,7 +92,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return evaluate_all(models, train, test, k=args.k, temperature=args.temperature,
                         label_fraction=args.label_fraction, seed=args.seed, baselines=args.baselines,
                         cache_dir=args.cache_dir, progress=not args.no_progress,
-                        attention_scale=args.attention_scale)
+                        attention_scale=args.attention_scale, attention_layer=args.attention_layer)
 
 
 def distinct_names(names: list[str], paths: list[str | Path]) -> list[str]:

@@ -28,6 +28,7 @@ Unlabeled data: k-NN and probe figures are null, the rest is still measured.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -74,14 +75,15 @@ def check_options(k: int, temperature: float, label_fraction: float) -> None:
 def evaluate_model(model, train: ImageDataset, test: ImageDataset, *, k: int = KNN_K,
                    temperature: float = KNN_TEMPERATURE, label_fraction: float = LABEL_FRACTION, seed: int = 0,
                    cache_dir: str | Path | None = None, keep_mass: float = KEEP_MASS,
-                   progress: bool = False, attention_scale: float = 1.0) -> dict[str, Any]:
-    """One row (keys `COLUMNS`) for a `LoadedModel`: train = labeled pool, test = queries."""
+                   progress: bool = False, attention_scale: float = 1.0, attention_layer: int = 0) -> dict[str, Any]:
+    """One row (keys `COLUMNS`) for a `LoadedModel`: train = labeled pool, test = queries; the attention columns
+    read block `attention_layer` (1 = first, 0 = the last)."""
     check_options(k, temperature, label_fraction)
     train_feats = extract_features(model, train, cache_dir=cache_dir, progress=progress)
     test_feats = extract_features(model, test, cache_dir=cache_dir, progress=progress)
     row = score_features(model.name, train_feats, train.labels, test_feats, test.labels, k=k,
                          temperature=temperature, label_fraction=label_fraction, seed=seed)
-    row.update(attention_scores(model, test, keep_mass, scale=attention_scale))
+    row.update(attention_scores(model, test, keep_mass, scale=attention_scale, layer=attention_layer))
     row["patch_fg_iou"] = foreground_probe_score(model, train, test)
     return {key: row[key] for key in COLUMNS}
 
@@ -115,10 +117,10 @@ def score_features(name: str, train_feats: np.ndarray, train_labels: torch.Tenso
 
 
 def attention_scores(model, test: ImageDataset, keep_mass: float = KEEP_MASS, batch_size: int = BATCH_SIZE,
-                     scale: float = 1.0) -> dict[str, float]:
+                     scale: float = 1.0, layer: int = 0) -> dict[str, float]:
     """`ATTENTION_KEYS` on the test split's object masks: the Jaccard index of the mean-of-heads masks and of the
     best head, the mean map's mass on the object and the object's area, the model run at `scale` times its
-    training size (`LoadedModel.input_size`).
+    training size (`LoadedModel.input_size`), its CLS attention read in block `layer` (1 = first, 0 = the last).
 
     A test split without masks is replaced by the first `MASK_IMAGES` of synthetic's test split. When the stored
     size differs from the input size, the same split is generated again at the input size (synthetic and scenes
@@ -130,7 +132,8 @@ def attention_scores(model, test: ImageDataset, keep_mass: float = KEEP_MASS, ba
     if test.image_shape[-1] != size:
         regenerated = load_dataset(test.name, test.split, image_size=size)
         test = limit_dataset(regenerated, len(test), first=True)
-    maps, masks = _per_batch(model.attention, model, test, size, batch_size), test.masks.cpu()  # (N, heads, h, w)
+    block = functools.partial(model.attention, layer=layer - 1 if layer else -1)
+    maps, masks = _per_batch(block, model, test, size, batch_size), test.masks.cpu()  # (N, heads, h, w)
     mean_heads, per_head = attention_jaccard(maps, masks, keep_mass)
     return dict(zip(ATTENTION_KEYS, (mean_heads, per_head.max().item(), mass_on_object(maps, masks),
                                      object_area(masks))))
@@ -213,21 +216,22 @@ def format_json(rows: list[dict[str, Any]]) -> str:
 def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: int = KNN_K,
                  temperature: float = KNN_TEMPERATURE, label_fraction: float = LABEL_FRACTION, seed: int = 0,
                  baselines: bool = True, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
-                 progress: bool = False, attention_scale: float = 1.0) -> list[dict[str, Any]]:
+                 progress: bool = False, attention_scale: float = 1.0,
+                 attention_layer: int = 0) -> list[dict[str, Any]]:
     """The rows of `LoadedModel`s, then (with `baselines`) raw pixels and one random-init ViT per distinct shape
     among the models, in the models' order."""
     from dinotwins.models.load import LoadedModel
 
     options = dict(k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
+    views = dict(cache_dir=cache_dir, progress=progress, attention_scale=attention_scale,
+                 attention_layer=attention_layer)
     models = list(models)
-    rows = [evaluate_model(m, train, test, cache_dir=cache_dir, progress=progress, attention_scale=attention_scale,
-                           **options) for m in models]
+    rows = [evaluate_model(m, train, test, **views, **options) for m in models]
     if baselines:
         rows.append(evaluate_raw_pixels(train, test, **options))
         randoms: dict[str, LoadedModel] = {}
         for m in models:  # one per shape: settings that leave the weights alone (drop path) do not count
             random_model = LoadedModel.random_like(m, seed=seed)
             randoms.setdefault(random_model.name, random_model)
-        rows += [evaluate_model(m, train, test, cache_dir=cache_dir, progress=progress,
-                                attention_scale=attention_scale, **options) for m in randoms.values()]
+        rows += [evaluate_model(m, train, test, **views, **options) for m in randoms.values()]
     return rows
