@@ -75,9 +75,8 @@ def compute_maps(entries: list[ModelEntry], image: Image.Image, keep_mass: float
     for entry in entries:
         model = entry.model
         size = model.input_size(scale)
-        block = layer - 1 if 0 < layer <= model.depth else -1
         x = model.preprocess([image], size)
-        attn = model.attention(x, layer=block)[0].cpu().numpy().astype(np.float64)  # (heads, h, w)
+        attn = model.attention(x, layer=model.block_index(layer))[0].cpu().numpy().astype(np.float64)  # (heads, h, w)
         probs = attn / np.maximum(attn.sum(axis=(-2, -1), keepdims=True), 1e-12)  # over patches only
         n_patches = probs.shape[-1] * probs.shape[-2]
         mean = probs.mean(axis=0)

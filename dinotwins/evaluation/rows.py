@@ -132,7 +132,7 @@ def attention_scores(model, test: ImageDataset, keep_mass: float = KEEP_MASS, ba
     if test.image_shape[-1] != size:
         regenerated = load_dataset(test.name, test.split, image_size=size)
         test = limit_dataset(regenerated, len(test), first=True)
-    block = functools.partial(model.attention, layer=layer - 1 if layer else -1)
+    block = functools.partial(model.attention, layer=model.block_index(layer))
     maps, masks = _per_batch(block, model, test, size, batch_size), test.masks.cpu()  # (N, heads, h, w)
     mean_heads, per_head = attention_jaccard(maps, masks, keep_mass)
     return dict(zip(ATTENTION_KEYS, (mean_heads, per_head.max().item(), mass_on_object(maps, masks),
@@ -223,15 +223,15 @@ def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: in
     from dinotwins.models.load import LoadedModel
 
     options = dict(k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
-    views = dict(cache_dir=cache_dir, progress=progress, attention_scale=attention_scale,
-                 attention_layer=attention_layer)
+    shared = dict(cache_dir=cache_dir, progress=progress, attention_scale=attention_scale,
+                  attention_layer=attention_layer)
     models = list(models)
-    rows = [evaluate_model(m, train, test, **views, **options) for m in models]
+    rows = [evaluate_model(m, train, test, **shared, **options) for m in models]
     if baselines:
         rows.append(evaluate_raw_pixels(train, test, **options))
         randoms: dict[str, LoadedModel] = {}
         for m in models:  # one per shape: settings that leave the weights alone (drop path) do not count
             random_model = LoadedModel.random_like(m, seed=seed)
             randoms.setdefault(random_model.name, random_model)
-        rows += [evaluate_model(m, train, test, **views, **options) for m in randoms.values()]
+        rows += [evaluate_model(m, train, test, **shared, **options) for m in randoms.values()]
     return rows

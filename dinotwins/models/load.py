@@ -78,6 +78,11 @@ class LoadedModel:
         """(B, 3, H, W) -> (B, D) float32: the CLS token after the final norm."""
         return embed(self.backbone, x.to(self.device, torch.float32)).float()
 
+    def block_index(self, block: int) -> int:
+        """The 0-based index of block number `block` as people count them (1 = first); 0 or past this model's
+        depth: the last block (-1). The convention of the Attention tab's Layer control and `--attention-layer`."""
+        return block - 1 if 0 < block <= self.depth else -1
+
     @torch.inference_mode()
     def attention(self, x: Tensor, layer: int = -1) -> Tensor:
         """(B, 3, H, W) -> (B, heads, H/p, W/p): CLS-to-patch softmax weights per head of block `layer` (0-based,
