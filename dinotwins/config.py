@@ -53,7 +53,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 where the device does it fast) | bf16 | fp32
-    compile: bool = False  # torch.compile the student and teacher (pays on GPU)
+    compile: bool = False  # torch.compile the student and teacher (README, Performance: what it measured)
     # auto: fused scaled-dot-product attention on GPU; on a CPU the faster of fused and explicit softmax(q k^T) v,
     # timed on one attention layer when the run starts (models/backbone.py). Same maths.
     attention: str = "auto"  # auto | fused | explicit

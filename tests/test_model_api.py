@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from dinotwins import load_model
-from dinotwins.models.backbone import create_backbone
+from dinotwins.models.backbone import create_backbone, fused_attention_for
 from dinotwins.models.maps import cls_attention
 from dinotwins.models.config import ModelConfig
 from dinotwins.errors import UserError
@@ -56,6 +56,13 @@ def test_attention_extraction_leaves_training_on_fused_attention():
     model = create_backbone(TINY)
     cls_attention(model, torch.randn(1, 3, 16, 16), layer=0)
     assert all(block.attn.fused_attn for block in model.blocks)
+
+
+def test_auto_attention_is_explicit_for_a_compiled_model_on_cpu_and_fused_on_cuda():
+    model = create_backbone(TINY)
+    assert fused_attention_for("auto", torch.device("cpu"), model, compiled=True) is False
+    assert fused_attention_for("auto", torch.device("cuda"), model, compiled=True) is True
+    assert fused_attention_for("fused", torch.device("cpu"), model, compiled=True) is True
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -60,14 +60,18 @@ def set_fused_attention(model: torch.nn.Module, fused: bool) -> int:
 
 
 def fused_attention_for(requested: str, device: torch.device, model: VisionTransformer | None = None,
-                        tokens: int = 65, batch: int = 128, dtype: torch.dtype | None = None) -> bool:
+                        tokens: int = 65, batch: int = 128, dtype: torch.dtype | None = None,
+                        compiled: bool = False) -> bool:
     """`fused`/`explicit` as asked; `auto`: fused on CUDA, and on a CPU whichever path times faster, forward and
     backward of one of `model`'s attention layers on (batch, tokens) in `dtype` (None: fp32), measured here (a few
-    tenths of a second): which one wins depends on the CPU, the dtype and the sequence length."""
+    tenths of a second): which one wins depends on the CPU, the dtype and the sequence length. A `compiled` model
+    on a CPU takes explicit: the compiler fuses its softmax, while the eager timing here would not show that."""
     if requested != "auto":
         return requested == "fused"
     if device.type == "cuda" or model is None:
         return device.type == "cuda"
+    if compiled:
+        return False
     attn = model.blocks[-1].attn
     key = (str(device), str(dtype), tokens, batch, model.embed_dim, attn.num_heads)
     if key in _MEASURED:  # once per process and shape: every trainer of a process computes the same way

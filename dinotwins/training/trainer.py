@@ -99,7 +99,7 @@ class Trainer:
         tokens = 1 + (cfg.model.image_size // cfg.model.patch_size) ** 2  # a global crop's sequence
         self.fused_attention = distributed.same_on_every_rank(fused_attention_for(
             cfg.attention, self.device, self.objective.student.backbone, tokens, 2 * cfg.batch_size,
-            self.autocast_dtype))
+            self.autocast_dtype, compiled=cfg.compile))
         set_fused_attention(self.objective, self.fused_attention)
         # The run keeps the path it measured (config.yaml), so a resumed run computes exactly as before.
         self.cfg = cfg = dataclasses.replace(cfg, attention="fused" if self.fused_attention else "explicit")
