@@ -40,6 +40,9 @@ class ImageDataset(torch.utils.data.Dataset):
     files: list[Path] | None = None  # the images' paths when decoded per batch (large folders)
     storage_size: int = 32  # S, the side of every stored image
     render: Callable[[Tensor], Tensor] | None = None  # int64 indices -> uint8 (B, 3, S, S), for generated sets
+    # Generated sets: per image, the int64 (N,) id of each thing it was made from (scenes: its object file and
+    # background photograph; -1: none, e.g. a generated background), so evaluation can ask what neighbours share.
+    made_from: dict[str, Tensor] | None = None
 
     def __len__(self) -> int:
         if self.images is not None:

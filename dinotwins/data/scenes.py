@@ -79,6 +79,7 @@ MIN_SIZE = 16  # px; smaller images leave an object a few pixels
 OBJECT_SIDE = (0.55, 0.95)  # the object's longer side as a share of the image side (most crops meet the object)
 BACKGROUND_SIDE = (0.35, 1.0)  # the background crop's side as a share of the background's shorter side
 PROCEDURAL_SHARE = 0.3  # images whose background is generated noise rather than a photograph
+MADE_FROM = ("object", "background")  # what `ImageDataset.made_from` records per image
 SOURCE_SIDE = 256  # objects and backgrounds are kept at most this large (px) in memory
 
 
@@ -94,8 +95,9 @@ class SceneSources:
 
 
 def load(spec: str, arg: str, split: str, size: int, budget: int | None = None) -> ImageDataset:
-    """`scenes[:N]`'s split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S); rendered per batch instead
-    (no masks) when N images would not fit `budget` bytes."""
+    """`scenes[:N]`'s split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S) and what each image was
+    made from (`MADE_FROM`); rendered per batch instead (without masks and made_from) when N images would not fit
+    `budget` bytes."""
     try:
         n_train = int(arg) if arg else TRAIN_SIZE
     except ValueError:
@@ -110,15 +112,15 @@ def load(spec: str, arg: str, split: str, size: int, budget: int | None = None) 
     if n * 3 * size * size > (IN_MEMORY_BUDGET if budget is None else budget):  # each batch rendered when asked
         return ImageDataset(spec, None, torch.from_numpy(labels), list(CLASSES), split=split, storage_size=size,
                             render=lambda indices: render_indices(sources, labels, indices, size, seed)[0])
-    images, masks = render_indices(sources, labels, torch.arange(n), size, seed)
+    images, masks, made_from = render_indices(sources, labels, torch.arange(n), size, seed)
     return ImageDataset(spec, images, torch.from_numpy(labels), list(CLASSES), masks=masks, split=split,
-                        storage_size=size)
+                        storage_size=size, made_from=dict(zip(MADE_FROM, made_from.unbind(1))))
 
 
 def render_scenes(sources: SceneSources, n: int, size: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     """n composites of `sources` at size x size, deterministic by seed (see the module docstring)."""
     labels = scene_labels(n, seed)
-    images, masks = render_indices(sources, labels, torch.arange(n), size, seed)
+    images, masks, _ = render_indices(sources, labels, torch.arange(n), size, seed)
     return images, torch.from_numpy(labels), masks
 
 
@@ -129,26 +131,31 @@ def scene_labels(n: int, seed: int) -> np.ndarray:
 
 
 def render_indices(sources: SceneSources, labels: np.ndarray, indices: Tensor, size: int,
-                   seed: int) -> tuple[Tensor, Tensor]:
-    """(uint8 (B, 3, S, S), bool (B, S, S)): images `indices` of the split whose labels are `labels`; image i comes
-    from its own generator, seeded by (seed, i), so any image renders alone."""
+                   seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(uint8 (B, 3, S, S), bool (B, S, S), int64 (B, 2)): images `indices` of the split whose labels are
+    `labels`, their masks, and what each was made from (`MADE_FROM`: the index of its object in
+    `sources.objects` and of its background in `sources.backgrounds`, -1 for a generated one); image i comes from
+    its own generator, seeded by (seed, i), so any image renders alone."""
     by_class = [[i for i, k in enumerate(sources.object_labels) if k == c] for c in range(len(CLASSES))]
     images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
     masks = np.empty((len(indices), size, size), dtype=bool)
+    made_from = np.empty((len(indices), len(MADE_FROM)), dtype=np.int64)
     for row, i in enumerate(indices.tolist()):
         rng = np.random.default_rng([seed, i])
         choices = by_class[labels[i]]
-        obj = sources.objects[choices[rng.integers(len(choices))]]
-        background = sources.backgrounds[rng.integers(len(sources.backgrounds))]
-        images[row], masks[row] = render_one(obj, background, size, rng)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)
+        obj = choices[rng.integers(len(choices))]
+        background = int(rng.integers(len(sources.backgrounds)))
+        images[row], masks[row], photo = render_one(sources.objects[obj], sources.backgrounds[background], size, rng)
+        made_from[row] = obj, background if photo else -1
+    return (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks),
+            torch.from_numpy(made_from))
 
 
 def render_one(obj: np.ndarray, background: np.ndarray, size: int,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 (S, S, 3) image, bool (S, S) mask): `obj` (RGBA) at a random scale, place and flip on a random
-    crop of `background` (RGB)."""
-    canvas = background_canvas(background, size, rng)
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(uint8 (S, S, 3) image, bool (S, S) mask, whether the background is `background`): `obj` (RGBA) at a random
+    scale, place and flip on a random crop of `background` (RGB) or a generated background."""
+    canvas, photo = background_canvas(background, size, rng)
 
     longer = max(2, round(size * rng.uniform(*OBJECT_SIDE)))
     oh, ow = obj.shape[:2]
@@ -166,18 +173,18 @@ def render_one(obj: np.ndarray, background: np.ndarray, size: int,
     region[:] = alpha * pasted[..., :3] + (1 - alpha) * region
     mask = np.zeros((size, size), dtype=bool)
     mask[y:y + new_h, x:x + new_w] = alpha[..., 0] >= 0.5
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8), mask
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8), mask, photo
 
 
-def background_canvas(background: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """float32 (S, S, 3) in [0, 255]: a random crop of `background` (RGB), turned a random quarter and flipped, its
+def background_canvas(background: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """(float32 (S, S, 3) in [0, 255], whether it is `background`): a random crop of `background` (RGB), turned a random quarter and flipped, its
     colours rotated by a random hue and scaled in brightness and saturation; or, for `PROCEDURAL_SHARE` of the
     images, smooth coloured noise with stripes and grain instead. Why: with a few dozen photographs the background
     alone identifies an image's crops, and a self-supervised model learns which photo it is instead of what object
     it holds (measured: DINO's attention moved onto the backgrounds as it trained); these make the background a poor
     cue while leaving photographic texture."""
     if rng.random() < PROCEDURAL_SHARE:
-        return _procedural_background(size, rng)
+        return _procedural_background(size, rng), False
     height, width = background.shape[:2]
     side = int(min(height, width) * rng.uniform(*BACKGROUND_SIDE))
     top, left = rng.integers(height - side + 1), rng.integers(width - side + 1)
@@ -186,7 +193,7 @@ def background_canvas(background: np.ndarray, size: int, rng: np.random.Generato
     canvas = np.rot90(np.asarray(canvas, dtype=np.float32), k=int(rng.integers(4)))
     if rng.random() < 0.5:
         canvas = canvas[:, ::-1]
-    return _recolour(canvas, rng)
+    return _recolour(canvas, rng), True
 
 
 def _recolour(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -14,7 +14,10 @@ its blocks, width, heads, image and patch size, so models of two sizes get two r
   last-layer patch tokens of the first `PROBE_IMAGES` train images, telling object patches from background ones;
   the IoU of its foreground on the test split;
 - embedding health of the test features: effective rank and the std of L2-normalized embeddings
-  (embedding_health.py).
+  (embedding_health.py);
+- what neighbours share, where the test split records what each image was made from (scenes): the share of each
+  test image's 10 nearest test images with the same object file, and with the same background photograph
+  (neighbours.py).
 
 Data: the train split is the labeled pool, the test split the queries. Both are loaded once, stored at the first
 MODEL's image size (the size `train.py` stores folder and synthetic data at; CIFAR-10 and Fashion-MNIST keep their
@@ -46,6 +49,7 @@ from dinotwins.evaluation.embedding_health import effective_rank, embedding_std
 from dinotwins.evaluation.features import (BATCH_SIZE, DEFAULT_CACHE_DIR, extract_features, normalization_of,
                                            raw_pixel_features)
 from dinotwins.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_classify
+from dinotwins.evaluation.neighbours import shared_neighbours
 from dinotwins.evaluation.patch_probe import foreground_probe_iou
 from dinotwins.evaluation.probe import linear_probe
 
@@ -53,11 +57,12 @@ LABEL_FRACTION = 0.1  # the DinoTwins paper's low-label protocol
 MASK_DATA = "synthetic"  # where attention masks are scored when --data has no object masks
 MASK_IMAGES = 1024
 ATTENTION_KEYS = ("attn_jaccard_mean_heads", "attn_jaccard_best_head", "attn_on_object", "object_area")
+NEIGHBOUR_KEYS = {"object": "nn_same_object", "background": "nn_same_background"}  # made_from name -> column
 COLUMNS = ("model", "knn_top1", "knn_top5", "linear_top1", "linear_top5", *ATTENTION_KEYS, "patch_fg_iou",
-           "effective_rank", "embedding_std", "num_train", "num_test")
+           *NEIGHBOUR_KEYS.values(), "effective_rank", "embedding_std", "num_train", "num_test")
 HEADERS = ("model", "k-NN top-1", "k-NN top-5", "linear top-1", "linear top-5", "attn J (mean)",
-           "attn J (best head)", "attn on object", "object area", "patch fg IoU", "eff. rank", "emb. std", "train",
-           "test")
+           "attn J (best head)", "attn on object", "object area", "patch fg IoU", "NN same object", "NN same bg",
+           "eff. rank", "emb. std", "train", "test")
 PROBE_IMAGES = 1000  # train images the foreground probe learns from (64 patches each at 64 px / 8)
 RAW_PIXELS = "raw pixels"
 
@@ -83,6 +88,7 @@ def evaluate_model(model, train: ImageDataset, test: ImageDataset, *, k: int = K
     test_feats = extract_features(model, test, cache_dir=cache_dir, progress=progress)
     row = score_features(model.name, train_feats, train.labels, test_feats, test.labels, k=k,
                          temperature=temperature, label_fraction=label_fraction, seed=seed)
+    row.update(neighbour_scores(test_feats, test))
     row.update(attention_scores(model, test, keep_mass, scale=attention_scale, layer=attention_layer))
     row["patch_fg_iou"] = foreground_probe_score(model, train, test)
     return {key: row[key] for key in COLUMNS}
@@ -93,8 +99,10 @@ def evaluate_raw_pixels(train: ImageDataset, test: ImageDataset, *, k: int = KNN
                         seed: int = 0) -> dict[str, Any]:
     """The raw-pixel baseline's row: the stored images, flattened, as features; no attention."""
     check_options(k, temperature, label_fraction)
-    row = score_features(RAW_PIXELS, raw_pixel_features(train), train.labels, raw_pixel_features(test),
-                         test.labels, k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
+    test_feats = raw_pixel_features(test)
+    row = score_features(RAW_PIXELS, raw_pixel_features(train), train.labels, test_feats, test.labels, k=k,
+                         temperature=temperature, label_fraction=label_fraction, seed=seed)
+    row.update(neighbour_scores(test_feats, test))
     row.update(dict.fromkeys((*ATTENTION_KEYS, "patch_fg_iou")))
     return {key: row[key] for key in COLUMNS}
 
@@ -114,6 +122,13 @@ def score_features(name: str, train_feats: np.ndarray, train_labels: torch.Tenso
     row["effective_rank"] = effective_rank(test_feats)
     row["embedding_std"] = embedding_std(test_feats)
     return row
+
+
+def neighbour_scores(test_feats: np.ndarray, test: ImageDataset) -> dict[str, float | None]:
+    """`NEIGHBOUR_KEYS`' columns: what the test images' nearest neighbours share (None where the split does not
+    record it)."""
+    shares = shared_neighbours(test_feats, test.made_from) if test.made_from else {}
+    return {key: shares.get(name) for name, key in NEIGHBOUR_KEYS.items()}
 
 
 def attention_scores(model, test: ImageDataset, keep_mass: float = KEEP_MASS, batch_size: int = BATCH_SIZE,
@@ -172,8 +187,9 @@ def limit_dataset(dataset: ImageDataset, n: int | None, seed: int = 0, *, first:
         indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     pick = (lambda t: None if t is None else t[indices.to(t.device)])
     files = None if dataset.files is None else [dataset.files[i] for i in indices.tolist()]
+    made_from = None if dataset.made_from is None else {k: pick(v) for k, v in dataset.made_from.items()}
     return dataclasses.replace(dataset, images=pick(dataset.images), labels=pick(dataset.labels),
-                               masks=pick(dataset.masks), files=files)
+                               masks=pick(dataset.masks), files=files, made_from=made_from)
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -182,7 +198,7 @@ def _cell(key: str, value: Any) -> str:
         return "-"
     if key.startswith(("knn_", "linear_")):
         return f"{100 * value:.1f}%"
-    if key.startswith("attn_") or key in ("object_area", "patch_fg_iou"):
+    if key.startswith(("attn_", "nn_")) or key in ("object_area", "patch_fg_iou"):
         return f"{value:.3f}"
     if key == "effective_rank":
         return f"{value:.1f}"
