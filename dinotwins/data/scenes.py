@@ -145,7 +145,8 @@ def render_indices(sources: SceneSources, labels: np.ndarray, indices: Tensor, s
         choices = by_class[labels[i]]
         obj = choices[rng.integers(len(choices))]
         background = int(rng.integers(len(sources.backgrounds)))
-        images[row], masks[row], photo = render_one(sources.objects[obj], sources.backgrounds[background], size, rng)
+        images[row], masks[row], photo = render_one(sources.objects[obj], sources.backgrounds[background], size,
+                                                    rng)
         made_from[row] = obj, background if photo else -1
     return (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks),
             torch.from_numpy(made_from))
@@ -177,12 +178,11 @@ def render_one(obj: np.ndarray, background: np.ndarray, size: int,
 
 
 def background_canvas(background: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
-    """(float32 (S, S, 3) in [0, 255], whether it is `background`): a random crop of `background` (RGB), turned a random quarter and flipped, its
-    colours rotated by a random hue and scaled in brightness and saturation; or, for `PROCEDURAL_SHARE` of the
-    images, smooth coloured noise with stripes and grain instead. Why: with a few dozen photographs the background
-    alone identifies an image's crops, and a self-supervised model learns which photo it is instead of what object
-    it holds (measured: DINO's attention moved onto the backgrounds as it trained); these make the background a poor
-    cue while leaving photographic texture."""
+    """(float32 (S, S, 3) in [0, 255], whether it is `background`): a random crop of `background` (RGB), turned a
+    random quarter and flipped, its colours rotated by a random hue and scaled in brightness and saturation; or, for
+    `PROCEDURAL_SHARE` of the images, smooth coloured noise with stripes and grain instead. Why: with a few dozen
+    photographs the background alone identifies an image's crops; these make it a weaker cue while leaving
+    photographic texture (README, Results: how much the trained models still group images by it)."""
     if rng.random() < PROCEDURAL_SHARE:
         return _procedural_background(size, rng), False
     height, width = background.shape[:2]
