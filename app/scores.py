@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 from sklearn.metrics import silhouette_score
 
-from dinotwins.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_vote, l2_normalize, topk_accuracy
+from dinotwins.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_vote, search, topk_accuracy
 
 
 def knn_accuracy_leave_one_out(index: faiss.Index, embeddings: np.ndarray, labels: np.ndarray,
@@ -25,13 +25,8 @@ def knn_accuracy_leave_one_out(index: faiss.Index, embeddings: np.ndarray, label
     num_classes = int(labels.max()) + 1
     correct = 0.0
     for start in range(0, n, chunk):
-        queries = l2_normalize(embeddings[start:start + chunk])
-        sims, ids = index.search(queries, k + 1)  # (B, k + 1): usually the image itself first
-        own = np.arange(start, start + len(queries))[:, None]
-        keep = ids != own
-        keep[keep.sum(axis=1) > k, -1] = False
-        sims = sims[keep].reshape(len(queries), k)
-        ids = ids[keep].reshape(len(queries), k)
+        queries = embeddings[start:start + chunk]
+        sims, ids = search(index, queries, k, exclude=np.arange(start, start + len(queries)))  # not itself
         votes = knn_vote(sims, labels[ids], num_classes, temperature)
         correct += topk_accuracy(votes, labels[start:start + len(queries)], 1) * len(queries)
     return correct / n

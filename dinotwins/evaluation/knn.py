@@ -10,8 +10,8 @@ classes score at least as high as its true class. So a query no neighbour voted 
 a sort order, while with k >= the number of classes every query is right (all classes are listed).
 
 `exact_index` and `search` are the one nearest-neighbour search of the project: the k-NN vote here and the app's
-retrieval use them. What it is not: no feature extraction (features.py), no leave-one-out (the app's scores.py
-does that for a gallery).
+retrieval, the app's leave-one-out scores and what neighbours share (neighbours.py) use them. What it is not: no
+feature extraction (features.py).
 """
 
 from __future__ import annotations
@@ -37,15 +37,16 @@ def exact_index(features: np.ndarray) -> faiss.IndexFlatIP:
     return index
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: int | None = None
+def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: int | np.ndarray | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (cosine similarities, indices), each (Q, k), of the normalized `queries`, most similar first;
-    `exclude` drops one indexed item (a query that is itself in the index) from every list."""
+    `exclude` drops one indexed item from every list (a query that is itself in the index): one id for all
+    queries, or one per query, (Q,), for queries that are the index's own items (leave-one-out)."""
     k = max(1, min(k, index.ntotal - (exclude is not None)))
     similarities, ids = index.search(l2_normalize(queries), k + (exclude is not None))
     if exclude is None:
         return similarities, ids
-    keep = ids != exclude
+    keep = ids != np.reshape(exclude, (-1, 1))
     keep[keep.sum(axis=1) > k, -1] = False  # the query was not among the k + 1: drop the last instead
     return similarities[keep].reshape(len(ids), k), ids[keep].reshape(len(ids), k)
 

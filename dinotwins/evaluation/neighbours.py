@@ -14,29 +14,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dinotwins.evaluation.knn import exact_index, search
+
 NEIGHBOURS = 10
-_CHUNK = 1024  # query rows per similarity block, so memory stays O(chunk x N)
+_CHUNK = 2048  # queries per search, so the lists stay small for any split
 
 
 def shared_neighbours(features: np.ndarray, made_from: dict[str, torch.Tensor],
                       k: int = NEIGHBOURS) -> dict[str, float | None]:
-    """{name: share of the k nearest neighbours made from the same `name`} (None where no image has one)."""
-    feats = torch.nn.functional.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1)
-    k = min(k, len(feats) - 1)
-    nearest = []
-    for start in range(0, len(feats), _CHUNK):
-        sims = feats[start:start + _CHUNK] @ feats.T
-        rows = torch.arange(start, start + len(sims))
-        sims[torch.arange(len(sims)), rows] = -float("inf")  # not itself
-        nearest.append(sims.topk(k, dim=1).indices)
-    nearest = torch.cat(nearest) if k > 0 else torch.empty(len(feats), 0, dtype=torch.long)
+    """{name: share of the k nearest neighbours made from the same `name`} (None where no image has one, or with
+    fewer than two images)."""
+    n = len(features)
+    if n < 2:
+        return dict.fromkeys(made_from)
+    index = exact_index(features)
+    nearest = np.concatenate([search(index, features[start:start + _CHUNK], k,
+                                     exclude=np.arange(start, min(start + _CHUNK, n)))[1]
+                              for start in range(0, n, _CHUNK)])  # (N, k), itself left out
     shares: dict[str, float | None] = {}
     for name, ids in made_from.items():
-        ids = torch.as_tensor(ids).cpu()
+        ids = np.asarray(torch.as_tensor(ids).cpu())
         known = ids >= 0
-        if not known.any() or k == 0:
-            shares[name] = None
-            continue
-        same = ids[nearest[known]] == ids[known, None]
-        shares[name] = same.float().mean().item()
+        shares[name] = float((ids[nearest[known]] == ids[known, None]).mean()) if known.any() else None
     return shares

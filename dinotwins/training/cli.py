@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"),
                    help="auto: bf16 autocast where the device computes it fast")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the student and teacher (a CPU needs a C++ compiler)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the student and teacher (a CPU needs a C++ compiler)")
     p.add_argument("--save-every", type=int, help="steps between resumable checkpoints")
     p.add_argument("--export-every", type=int,
                    help="also keep the exported weights every N steps in exports/ (a learning curve; 0: never)")
