@@ -117,13 +117,6 @@ def load(spec: str, arg: str, split: str, size: int, budget: int | None = None) 
                         storage_size=size, made_from=dict(zip(MADE_FROM, made_from.unbind(1))))
 
 
-def render_scenes(sources: SceneSources, n: int, size: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """n composites of `sources` at size x size, deterministic by seed (see the module docstring)."""
-    labels = scene_labels(n, seed)
-    images, masks, _ = render_indices(sources, labels, torch.arange(n), size, seed)
-    return images, torch.from_numpy(labels), masks
-
-
 def scene_labels(n: int, seed: int) -> np.ndarray:
     """int64 (n,): balanced labels, shuffled by (seed, n)."""
     master = np.random.default_rng([seed, n])
