@@ -20,8 +20,8 @@ def test_a_pasted_object_covers_exactly_its_mask():
     disk[(yy - 19.5) ** 2 + (xx - 19.5) ** 2 <= 19.5**2] = (255, 0, 0, 255)  # a red disk, hard edge
     background = np.random.default_rng(1).integers(0, 255, (100, 100, 3), dtype=np.uint8)
     for seed in range(6):  # photographs and generated backgrounds
-        image, mask, photo = scenes.render_one(disk, background, 32, np.random.default_rng(seed))
-        canvas, same = scenes.background_canvas(background, 32, np.random.default_rng(seed))  # its first draws
+        image, mask, photo = scenes.render_one(disk, background, 32, np.random.default_rng(seed), 0.5)
+        canvas, same = scenes.background_canvas(background, 32, np.random.default_rng(seed), 0.5)  # its first draws
         assert photo == same
         assert mask.any() and not mask.all()
         red, blue = image[..., 0].astype(int), image[..., 2].astype(int)
