@@ -35,8 +35,10 @@ def test_scenes_records_each_images_object_and_photograph_and_a_subset_keeps_the
     object_labels = torch.tensor(sources.object_labels)
     assert torch.equal(object_labels[objects], test.labels)  # each image's object is of its category
     assert 0.1 < (backgrounds == -1).float().mean() < 0.5  # generated backgrounds (PROCEDURAL_SHARE) have none
-    train = load_dataset("scenes:200", "train", image_size=16)
-    assert (train.made_from["background"] == -1).all()  # training shows no photograph
+    generated = load_dataset("scenes-generated:200", "train", image_size=16)
+    assert (generated.made_from["background"] == -1).all()  # its training images show no photograph
+    assert torch.equal(generated.made_from["object"], load_dataset("scenes:200", "train", image_size=16).made_from["object"])
+    assert torch.equal(load_dataset("scenes-generated", "test", image_size=16).images, test.images)
     assert backgrounds.max() < len(sources.backgrounds)
     subset = limit_dataset(test, 50, seed=1)
     picked = [i for i in range(len(test)) if any(torch.equal(test.images[i], im) for im in subset.images[:3])][:3]

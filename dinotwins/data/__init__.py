@@ -45,6 +45,8 @@ SOURCES = {
                         "dinotwins.data.synthetic"),
     "scenes": Source("scenes[:N]", "N objects pasted on photographs, exact masks (default 24000)",
                      "dinotwins.data.scenes"),
+    "scenes-generated": Source("scenes-generated[:N]", "scenes with every training background generated (test: "
+                               "scenes' own)", "dinotwins.data.scenes"),
 }
 SPEC_SYNTAX = " | ".join(source.syntax for source in SOURCES.values())
 

@@ -78,10 +78,11 @@ SEEDS = {"train": 0, "test": 1}
 MIN_SIZE = 16  # px; smaller images leave an object a few pixels
 OBJECT_SIDE = (0.55, 0.95)  # the object's longer side as a share of the image side (most crops meet the object)
 BACKGROUND_SIDE = (0.35, 1.0)  # the background crop's side as a share of the background's shorter side
-# Images whose background is generated rather than a photograph, per split. Training sees only generated ones: with
-# a few dozen photographs recurring thousands of times, models learned to tell the photographs apart instead of
-# finding the object (README, Results). The test split keeps photographs, so maps are scored on photo backgrounds.
-PROCEDURAL_SHARE = {"train": 1.0, "test": 0.3}
+PROCEDURAL_SHARE = 0.3  # images whose background is generated noise rather than a photograph
+# `scenes-generated`: the same images with every training background generated, since with a few dozen photographs
+# recurring thousands of times models learned to tell the photographs apart instead of finding the object (README,
+# Results). Its test split is scenes' own, so maps are still scored on photographs.
+GENERATED_KIND = "scenes-generated"
 MADE_FROM = ("object", "background")  # what `ImageDataset.made_from` records per image
 SOURCE_SIDE = 256  # objects and backgrounds are kept at most this large (px) in memory
 
@@ -98,7 +99,7 @@ class SceneSources:
 
 
 def load(spec: str, arg: str, split: str, size: int, budget: int | None = None) -> ImageDataset:
-    """`scenes[:N]`'s split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S) and what each image was
+    """`scenes[:N]`'s (or `scenes-generated[:N]`'s) split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S) and what each image was
     made from (`MADE_FROM`); rendered per batch instead (without masks and made_from) when N images would not fit
     `budget` bytes."""
     try:
@@ -110,12 +111,14 @@ def load(spec: str, arg: str, split: str, size: int, budget: int | None = None) 
     if size < MIN_SIZE:
         raise UserError(f"scenes images need at least {MIN_SIZE} px, got {size}; raise the image size")
     n = n_train if split == "train" else TEST_SIZE
-    sources = scene_sources(split)
-    labels = scene_labels(n, SEEDS[split])
+    sources, seed = scene_sources(split), SEEDS[split]
+    generated = split == "train" and spec.strip().partition(":")[0] == GENERATED_KIND
+    share = 1.0 if generated else PROCEDURAL_SHARE
+    labels = scene_labels(n, seed)
     if n * 3 * size * size > (IN_MEMORY_BUDGET if budget is None else budget):  # each batch rendered when asked
         return ImageDataset(spec, None, torch.from_numpy(labels), list(CLASSES), split=split, storage_size=size,
-                            render=lambda indices: render_indices(sources, labels, indices, size, split)[0])
-    images, masks, made_from = render_indices(sources, labels, torch.arange(n), size, split)
+                            render=lambda indices: render_indices(sources, labels, indices, size, seed, share)[0])
+    images, masks, made_from = render_indices(sources, labels, torch.arange(n), size, seed, share)
     return ImageDataset(spec, images, torch.from_numpy(labels), list(CLASSES), masks=masks, split=split,
                         storage_size=size, made_from=dict(zip(MADE_FROM, made_from.unbind(1))))
 
@@ -127,12 +130,12 @@ def scene_labels(n: int, seed: int) -> np.ndarray:
 
 
 def render_indices(sources: SceneSources, labels: np.ndarray, indices: Tensor, size: int,
-                   split: str) -> tuple[Tensor, Tensor, Tensor]:
+                   seed: int, procedural_share: float) -> tuple[Tensor, Tensor, Tensor]:
     """(uint8 (B, 3, S, S), bool (B, S, S), int64 (B, 2)): images `indices` of the split whose labels are
     `labels`, their masks, and what each was made from (`MADE_FROM`: the index of its object in
     `sources.objects` and of its background in `sources.backgrounds`, -1 for a generated one); image i comes from
-    its own generator, seeded by (the split's seed, i), so any image renders alone."""
-    seed, procedural_share = SEEDS[split], PROCEDURAL_SHARE[split]
+    its own generator, seeded by (seed, i), so any image renders alone; `procedural_share` of them on a generated
+    background."""
     by_class = [[i for i, k in enumerate(sources.object_labels) if k == c] for c in range(len(CLASSES))]
     images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
     masks = np.empty((len(indices), size, size), dtype=bool)
