@@ -99,9 +99,9 @@ class SceneSources:
 
 
 def load(spec: str, arg: str, split: str, size: int, budget: int | None = None) -> ImageDataset:
-    """`scenes[:N]`'s (or `scenes-generated[:N]`'s) split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S) and what each image was
-    made from (`MADE_FROM`); rendered per batch instead (without masks and made_from) when N images would not fit
-    `budget` bytes."""
+    """`scenes[:N]`'s (or `scenes-generated[:N]`'s) split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S)
+    and what each image was made from (`MADE_FROM`); rendered per batch instead (without masks and made_from) when
+    N images would not fit `budget` bytes."""
     try:
         n_train = int(arg) if arg else TRAIN_SIZE
     except ValueError:
