@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 from sklearn.metrics import silhouette_score
 
-from dinotwins.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_vote, search, topk_accuracy
+from dinotwins.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_vote, own_neighbours, topk_accuracy
 
 
 def knn_accuracy_leave_one_out(index: faiss.Index, embeddings: np.ndarray, labels: np.ndarray,
@@ -24,11 +24,9 @@ def knn_accuracy_leave_one_out(index: faiss.Index, embeddings: np.ndarray, label
         return float("nan")
     num_classes = int(labels.max()) + 1
     correct = 0.0
-    for start in range(0, n, chunk):
-        queries = embeddings[start:start + chunk]
-        sims, ids = search(index, queries, k, exclude=np.arange(start, start + len(queries)))  # not itself
+    for start, sims, ids in own_neighbours(index, embeddings, k, chunk):
         votes = knn_vote(sims, labels[ids], num_classes, temperature)
-        correct += topk_accuracy(votes, labels[start:start + len(queries)], 1) * len(queries)
+        correct += topk_accuracy(votes, labels[start:start + len(ids)], 1) * len(ids)
     return correct / n
 
 

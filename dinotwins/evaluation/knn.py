@@ -16,6 +16,8 @@ feature extraction (features.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import faiss
 import numpy as np
 
@@ -49,6 +51,14 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: int | np.nd
     keep = ids != np.reshape(exclude, (-1, 1))
     keep[keep.sum(axis=1) > k, -1] = False  # the query was not among the k + 1: drop the last instead
     return similarities[keep].reshape(len(ids), k), ids[keep].reshape(len(ids), k)
+
+def own_neighbours(index: faiss.Index, features: np.ndarray, k: int, chunk: int = 2048
+                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Leave-one-out: for each chunk of `features`, which are the index's own items in order, (first row, cosine
+    similarities, indices) of each row's top k other items; chunked so memory stays O(chunk x k)."""
+    for start in range(0, len(features), chunk):
+        queries = features[start:start + chunk]
+        yield (start, *search(index, queries, k, exclude=np.arange(start, start + len(queries))))
 
 
 def knn_vote(similarities: np.ndarray, neighbour_labels: np.ndarray, num_classes: int,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dinotwins.evaluation.knn import exact_index, search
+from dinotwins.evaluation.knn import exact_index, own_neighbours
 
 NEIGHBOURS = 10
 _CHUNK = 2048  # queries per search, so the lists stay small for any split
@@ -24,13 +24,10 @@ def shared_neighbours(features: np.ndarray, made_from: dict[str, torch.Tensor],
                       k: int = NEIGHBOURS) -> dict[str, float | None]:
     """{name: share of the k nearest neighbours made from the same `name`} (None where no image has one, or with
     fewer than two images)."""
-    n = len(features)
-    if n < 2:
+    if len(features) < 2:
         return dict.fromkeys(made_from)
     index = exact_index(features)
-    nearest = np.concatenate([search(index, features[start:start + _CHUNK], k,
-                                     exclude=np.arange(start, min(start + _CHUNK, n)))[1]
-                              for start in range(0, n, _CHUNK)])  # (N, k), itself left out
+    nearest = np.concatenate([ids for _, _, ids in own_neighbours(index, features, k, _CHUNK)])  # (N, k)
     shares: dict[str, float | None] = {}
     for name, ids in made_from.items():
         ids = np.asarray(torch.as_tensor(ids).cpu())
