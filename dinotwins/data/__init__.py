@@ -33,6 +33,7 @@ class Source:
     syntax: str  # how a spec names it, e.g. "folder:PATH"
     help: str  # one line for --help
     module: str  # the module whose `load(spec, arg, split, size, budget)` returns its ImageDataset
+    function: str = "load"  # that function's name there, where a module loads several kinds
 
 
 SOURCES = {
@@ -46,7 +47,7 @@ SOURCES = {
     "scenes": Source("scenes[:N]", "N objects pasted on photographs, exact masks (default 24000)",
                      "dinotwins.data.scenes"),
     "scenes-generated": Source("scenes-generated[:N]", "scenes with every training background generated (test: "
-                               "scenes' own)", "dinotwins.data.scenes"),
+                               "scenes' own)", "dinotwins.data.scenes", "load_generated"),
 }
 SPEC_SYNTAX = " | ".join(source.syntax for source in SOURCES.values())
 
@@ -69,5 +70,6 @@ def load_dataset(spec: str, split: str = "train", *, image_size: int = 32, stora
     kind, _, arg = spec.strip().partition(":")
     if kind not in SOURCES:
         raise UserError(f"unknown data spec {spec!r}; use one of {', '.join(s.syntax for s in SOURCES.values())}")
-    module = importlib.import_module(SOURCES[kind].module)
-    return module.load(spec, arg, split, size) if budget is None else module.load(spec, arg, split, size, budget)
+    source = SOURCES[kind]
+    load = getattr(importlib.import_module(source.module), source.function)
+    return load(spec, arg, split, size) if budget is None else load(spec, arg, split, size, budget)

@@ -79,10 +79,6 @@ MIN_SIZE = 16  # px; smaller images leave an object a few pixels
 OBJECT_SIDE = (0.55, 0.95)  # the object's longer side as a share of the image side (most crops meet the object)
 BACKGROUND_SIDE = (0.35, 1.0)  # the background crop's side as a share of the background's shorter side
 PROCEDURAL_SHARE = 0.3  # images whose background is generated noise rather than a photograph
-# `scenes-generated`: the same images with every training background generated, since with a few dozen photographs
-# recurring thousands of times models learned to tell the photographs apart instead of finding the object (README,
-# Results). Its test split is scenes' own, so maps are still scored on photographs.
-GENERATED_KIND = "scenes-generated"
 MADE_FROM = ("object", "background")  # what `ImageDataset.made_from` records per image
 SOURCE_SIDE = 256  # objects and backgrounds are kept at most this large (px) in memory
 
@@ -98,10 +94,19 @@ class SceneSources:
     background_files: tuple[str, ...]
 
 
-def load(spec: str, arg: str, split: str, size: int, budget: int | None = None) -> ImageDataset:
-    """`scenes[:N]`'s (or `scenes-generated[:N]`'s) split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S)
-    and what each image was made from (`MADE_FROM`); rendered per batch instead (without masks and made_from) when
-    N images would not fit `budget` bytes."""
+def load_generated(spec: str, arg: str, split: str, size: int, budget: int | None = None) -> ImageDataset:
+    """`scenes-generated[:N]`'s split: `load`'s, with every train image's background generated (same objects,
+    places, scales and labels), since with a few dozen photographs recurring thousands of times models learned to
+    tell the photographs apart instead of finding the object (README, Results). The test split is scenes' own, so
+    maps are still scored on photographs."""
+    return load(spec, arg, split, size, budget, generated_train=True)
+
+
+def load(spec: str, arg: str, split: str, size: int, budget: int | None = None, *,
+         generated_train: bool = False) -> ImageDataset:
+    """`scenes[:N]`'s split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S) and what each image was made
+    from (`MADE_FROM`); rendered per batch instead (without masks and made_from) when N images would not fit
+    `budget` bytes."""
     try:
         n_train = int(arg) if arg else TRAIN_SIZE
     except ValueError:
@@ -112,8 +117,7 @@ def load(spec: str, arg: str, split: str, size: int, budget: int | None = None) 
         raise UserError(f"scenes images need at least {MIN_SIZE} px, got {size}; raise the image size")
     n = n_train if split == "train" else TEST_SIZE
     sources, seed = scene_sources(split), SEEDS[split]
-    generated = split == "train" and spec.strip().partition(":")[0] == GENERATED_KIND
-    share = 1.0 if generated else PROCEDURAL_SHARE
+    share = 1.0 if generated_train and split == "train" else PROCEDURAL_SHARE
     labels = scene_labels(n, seed)
     if n * 3 * size * size > (IN_MEMORY_BUDGET if budget is None else budget):  # each batch rendered when asked
         return ImageDataset(spec, None, torch.from_numpy(labels), list(CLASSES), split=split, storage_size=size,
