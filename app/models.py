@@ -30,7 +30,8 @@ from dinotwins.objectives import METHODS as DEMO_METHODS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO_ROOT / "assets" / "models"
-DEMO_SETS = ("scenes", "fashion-mnist")  # sub-folders of DEMO_DIR; each is also the data spec its models trained on
+# Sub-folders of DEMO_DIR; each is also the data spec of its gallery and evaluation.
+DEMO_SETS = ("scenes", "fashion-mnist")
 DEFAULT_DEMO = "scenes"
 
 

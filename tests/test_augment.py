@@ -66,6 +66,17 @@ def test_local_views_of_one_call_differ_from_each_other():
     assert not torch.allclose(local_views[1], local_views[2])
 
 
+def test_each_view_of_paired_renderings_is_that_view_of_rendering_v_mod_r():
+    pair = torch.stack([random_images(seed=0), random_images(seed=1)], dim=1)  # (B, R=2, C, H, W)
+    crop = MultiCrop(AugmentConfig(global_size=24, local_size=12, n_local=3))
+    paired = crop(pair, torch.Generator().manual_seed(5))
+    alone = [crop(pair[:, r], torch.Generator().manual_seed(5)) for r in range(2)]  # the same random draws
+    for size in range(2):  # global, then local views
+        for v, view in enumerate(paired[size]):
+            torch.testing.assert_close(view, alone[v % 2][size][v])
+            assert not torch.allclose(view, alone[1 - v % 2][size][v])
+
+
 def test_views_cropped_together_equal_views_cropped_one_at_a_time():
     images = torch.rand(3, 3, 20, 20, generator=torch.Generator().manual_seed(0))
     uniform = torch.rand(2 * 3, 4, generator=torch.Generator().manual_seed(1))

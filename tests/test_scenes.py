@@ -1,5 +1,7 @@
 """The `scenes` dataset: exact masks, disjoint splits, determinism, its `--data` spec and its bad input."""
 
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from dinotwins.data import scenes
 from dinotwins.data import load_dataset
 from dinotwins.errors import UserError
+from dinotwins.training.trainer import train
+from tests.conftest import smoke_config
 
 
 def test_a_pasted_object_covers_exactly_its_mask():
@@ -20,7 +25,7 @@ def test_a_pasted_object_covers_exactly_its_mask():
     disk[(yy - 19.5) ** 2 + (xx - 19.5) ** 2 <= 19.5**2] = (255, 0, 0, 255)  # a red disk, hard edge
     background = np.random.default_rng(1).integers(0, 255, (100, 100, 3), dtype=np.uint8)
     for seed in range(6):  # photographs and generated backgrounds
-        image, mask, photo = scenes.render_one(disk, background, 32, np.random.default_rng(seed), 0.5)
+        (image,), mask, photo = scenes.render_one(disk, background, 32, np.random.default_rng(seed), 0.5)
         canvas, same = scenes.background_canvas(background, 32, np.random.default_rng(seed), 0.5)  # its first draws
         assert photo == same
         assert mask.any() and not mask.all()
@@ -123,3 +128,29 @@ def test_a_split_too_large_for_memory_renders_each_batch_with_the_same_pixels(mo
     picks = torch.tensor([7, 0, 199, 7])
     assert torch.equal(lazy.get_batch(picks), eager.images[picks])
     assert torch.equal(lazy[3][0], eager.images[3])
+
+
+def test_scenes_paired_puts_each_train_object_on_two_generated_backgrounds_and_tests_on_scenes():
+    paired, generated = (load_dataset(spec, "train", image_size=32) for spec in ("scenes-paired:40", "scenes-generated:40"))
+    assert paired.renderings.shape == (40, 2, 3, 32, 32) and paired.training_images is paired.renderings
+    assert torch.equal(paired.images, generated.images) and torch.equal(paired.masks, generated.masks)
+    first, second = paired.renderings.unbind(1)
+    difference = (first.int() - second.int()).abs().amax(dim=1)  # (N, S, S)
+    inside = torch.stack([torch.from_numpy(ndimage.binary_erosion(m.numpy())) for m in paired.masks])
+    # The object: the same pixels on both where it is opaque (most of it; some stamps have translucent parts).
+    assert (difference[inside] <= 1).float().mean() > 0.9 and difference[inside].float().mean() < 3
+    assert difference[~paired.masks].float().mean() > 20  # the background: another one
+    test, same_test = (load_dataset(spec, "test", image_size=32) for spec in ("scenes-paired", "scenes"))
+    assert test.renderings is None and torch.equal(test.images, same_test.images)
+
+
+def test_scenes_paired_too_large_for_memory_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(scenes, "IN_MEMORY_BUDGET", 1000)
+    with pytest.raises(UserError, match="do not fit in memory"):
+        load_dataset("scenes-paired:40", "train", image_size=32)
+
+
+def test_training_on_scenes_paired_runs_and_logs(tmp_path):
+    run = train(smoke_config("dino", data="scenes-paired:64", precision="fp32"), tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 4 and all(math.isfinite(r["loss"]) for r in rows)

@@ -48,6 +48,8 @@ SOURCES = {
                      "dinotwins.data.scenes"),
     "scenes-generated": Source("scenes-generated[:N]", "scenes with every training background generated (test: "
                                "scenes' own)", "dinotwins.data.scenes", "load_generated"),
+    "scenes-paired": Source("scenes-paired[:N]", "scenes-generated with each train image on two backgrounds, "
+                            "its crops taken from both (test: scenes' own)", "dinotwins.data.scenes", "load_paired"),
 }
 SPEC_SYNTAX = " | ".join(source.syntax for source in SOURCES.values())
 

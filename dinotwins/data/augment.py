@@ -57,9 +57,11 @@ class MultiCrop:
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> tuple[list[Tensor], list[Tensor]]:
         """uint8 (B, C, H, W), C in {1, 3}, any device -> (2 x float (B, 3, G, G), n_local x float (B, 3, L, L)),
-        normalized, on the images' device."""
-        if images.dim() != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"MultiCrop expects (B, 1 or 3, H, W) images, got shape {tuple(images.shape)}")
+        normalized, on the images' device. Given R renderings of each image, (B, R, C, H, W), view v of each size
+        is cropped from rendering v mod R (paired scenes: the same object on other backgrounds)."""
+        channels = images.shape[-3] if images.dim() in (4, 5) else 0
+        if channels not in (1, 3):
+            raise ValueError(f"MultiCrop expects (B, [R,] 1 or 3, H, W) images, got shape {tuple(images.shape)}")
         cfg = self.cfg
         x = images.float().div_(255.0)
         global_views = self.views(x, cfg.global_size, cfg.global_scale, cfg.blur_p[:2], cfg.solarize_p, generator)
@@ -71,10 +73,10 @@ class MultiCrop:
 
     def views(self, x: Tensor, size: int, scale: tuple[float, float], blur_p: tuple[float, ...],
               solarize_p: tuple[float, ...], generator: torch.Generator) -> Tensor:
-        """len(blur_p) views of float images x (B, C, H, W) in [0, 1], with those blur and solarize
-        probabilities: float (V * B, 3, size, size), normalized."""
+        """len(blur_p) views of float images x (B, C, H, W), or (B, R, C, H, W) renderings, in [0, 1], with those
+        blur and solarize probabilities: float (V * B, 3, size, size), normalized."""
         cfg = self.cfg
-        batch, _, height, width = x.shape
+        batch, (height, width) = x.shape[0], x.shape[-2:]
         table = sample_view_params(cfg, batch, height, width, scale, blur_p, solarize_p, generator)  # (V*B, 14)
         # Decided on the CPU so a GPU never waits: the antialias factor, the blur radius, which steps run at all.
         downscale = int(min(width * float(table[:, BOX_W].min()), height * float(table[:, BOX_H].min())) // size)
@@ -85,7 +87,13 @@ class MultiCrop:
         def chosen(column: int) -> Tensor:
             return table[:, column] > 0.5
 
-        out = resized_crop(x, size, table[:, BOX_CX:BOX_H + 1], chosen(FLIP), downscale)
+        boxes, flip = table[:, BOX_CX:BOX_H + 1], chosen(FLIP)
+        if x.dim() == 4:
+            out = resized_crop(x, size, boxes, flip, downscale)
+        else:  # view v from rendering v mod R
+            rows = [slice(v * batch, (v + 1) * batch) for v in range(len(blur_p))]
+            out = torch.cat([resized_crop(x[:, v % x.shape[1]], size, boxes[r], flip[r], downscale)
+                             for v, r in enumerate(rows)])
         out = out.expand(-1, 3, -1, -1)  # (V*B, 3, size, size); a no-op for RGB
         if runs[JITTER]:
             out = _where(chosen(JITTER), color_jitter(out, table[:, BRIGHTNESS:SATURATION + 1], table[:, HUE]), out)

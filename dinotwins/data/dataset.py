@@ -43,6 +43,9 @@ class ImageDataset(torch.utils.data.Dataset):
     # Generated sets: per image, the int64 (N,) id of each thing it was made from (scenes: its object file and
     # background photograph; -1: none, e.g. a generated background), so evaluation can ask what neighbours share.
     made_from: dict[str, Tensor] | None = None
+    # Paired sets: uint8 (N, R, C, S, S), R renderings of each image (scenes-paired: its object on R backgrounds),
+    # `images` being rendering 0; training crops an image's views from all R (MultiCrop), evaluation reads `images`.
+    renderings: Tensor | None = None
 
     def __len__(self) -> int:
         if self.images is not None:
@@ -67,6 +70,11 @@ class ImageDataset(torch.utils.data.Dataset):
         paths = [self.files[i] for i in indices.tolist()]
         with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
             return torch.stack(list(pool.map(lambda p: decode_or_blank(p, self.storage_size), paths)))
+
+    @property
+    def training_images(self) -> Tensor | None:
+        """What training crops its views from, when held in memory: `renderings` where there are, else `images`."""
+        return self.renderings if self.renderings is not None else self.images
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

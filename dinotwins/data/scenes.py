@@ -81,6 +81,7 @@ BACKGROUND_SIDE = (0.35, 1.0)  # the background crop's side as a share of the ba
 PROCEDURAL_SHARE = 0.3  # images whose background is generated noise rather than a photograph
 MADE_FROM = ("object", "background")  # what `ImageDataset.made_from` records per image
 SOURCE_SIDE = 256  # objects and backgrounds are kept at most this large (px) in memory
+PAIRED_RENDERINGS = 2  # scenes-paired: backgrounds per train image
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,14 @@ class SceneSources:
     background_files: tuple[str, ...]
 
 
+def load_paired(spec: str, arg: str, split: str, size: int, budget: int | None = None) -> ImageDataset:
+    """`scenes-paired[:N]`'s split: `load_generated`'s, each train image also rendered on a second generated
+    background (`ImageDataset.renderings`), so that training crops an image's views from both and the object is
+    all its views share: background augmentation, as in Zhao et al. 2021 and Ryali et al. 2021 (README, Results).
+    The test split is scenes' own."""
+    return load(spec, arg, split, size, budget, generated_train=True, renderings=PAIRED_RENDERINGS)
+
+
 def load_generated(spec: str, arg: str, split: str, size: int, budget: int | None = None) -> ImageDataset:
     """`scenes-generated[:N]`'s split: `load`'s, with every train image's background generated (same objects,
     places, scales and labels), since with a few dozen photographs recurring thousands of times models learned to
@@ -103,7 +112,7 @@ def load_generated(spec: str, arg: str, split: str, size: int, budget: int | Non
 
 
 def load(spec: str, arg: str, split: str, size: int, budget: int | None = None, *,
-         generated_train: bool = False) -> ImageDataset:
+         generated_train: bool = False, renderings: int = 1) -> ImageDataset:
     """`scenes[:N]`'s split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S) and what each image was made
     from (`MADE_FROM`); rendered per batch instead (without masks and made_from) when N images would not fit
     `budget` bytes."""
@@ -118,13 +127,20 @@ def load(spec: str, arg: str, split: str, size: int, budget: int | None = None, 
     n = n_train if split == "train" else TEST_SIZE
     sources, seed = scene_sources(split), SEEDS[split]
     share = 1.0 if generated_train and split == "train" else PROCEDURAL_SHARE
+    renderings = renderings if split == "train" else 1
     labels = scene_labels(n, seed)
-    if n * 3 * size * size > (IN_MEMORY_BUDGET if budget is None else budget):  # each batch rendered when asked
+    limit = IN_MEMORY_BUDGET if budget is None else budget
+    if n * renderings * 3 * size * size > limit:  # each batch rendered when asked
+        if renderings > 1:
+            raise UserError(f"{spec}: {n} paired images of {size} px do not fit in memory "
+                            f"({n * renderings * 3 * size * size / 1e9:.1f} GB > {limit / 1e9:.1f}); ask for fewer")
         return ImageDataset(spec, None, torch.from_numpy(labels), list(CLASSES), split=split, storage_size=size,
                             render=lambda indices: render_indices(sources, labels, indices, size, seed, share)[0])
-    images, masks, made_from = render_indices(sources, labels, torch.arange(n), size, seed, share)
-    return ImageDataset(spec, images, torch.from_numpy(labels), list(CLASSES), masks=masks, split=split,
-                        storage_size=size, made_from=dict(zip(MADE_FROM, made_from.unbind(1))))
+    images, masks, made_from = render_indices(sources, labels, torch.arange(n), size, seed, share, renderings)
+    paired = renderings > 1
+    return ImageDataset(spec, images[:, 0] if paired else images, torch.from_numpy(labels), list(CLASSES),
+                        masks=masks, split=split, storage_size=size, renderings=images if paired else None,
+                        made_from=dict(zip(MADE_FROM, made_from.unbind(1))))
 
 
 def scene_labels(n: int, seed: int) -> np.ndarray:
@@ -133,15 +149,16 @@ def scene_labels(n: int, seed: int) -> np.ndarray:
     return master.permutation(np.arange(n) % len(CLASSES)).astype(np.int64)
 
 
-def render_indices(sources: SceneSources, labels: np.ndarray, indices: Tensor, size: int,
-                   seed: int, procedural_share: float) -> tuple[Tensor, Tensor, Tensor]:
+def render_indices(sources: SceneSources, labels: np.ndarray, indices: Tensor, size: int, seed: int,
+                   procedural_share: float, renderings: int = 1) -> tuple[Tensor, Tensor, Tensor]:
     """(uint8 (B, 3, S, S), bool (B, S, S), int64 (B, 2)): images `indices` of the split whose labels are
     `labels`, their masks, and what each was made from (`MADE_FROM`: the index of its object in
     `sources.objects` and of its background in `sources.backgrounds`, -1 for a generated one); image i comes from
     its own generator, seeded by (seed, i), so any image renders alone; `procedural_share` of them on a generated
-    background."""
+    background. With `renderings` R > 1 the images are (B, R, 3, S, S): the first as with R = 1, the others the
+    same object, place, scale and flip on generated backgrounds drawn from generators seeded (seed, i, r)."""
     by_class = [[i for i, k in enumerate(sources.object_labels) if k == c] for c in range(len(CLASSES))]
-    images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+    images = np.empty((len(indices), renderings, size, size, 3), dtype=np.uint8)
     masks = np.empty((len(indices), size, size), dtype=bool)
     made_from = np.empty((len(indices), len(MADE_FROM)), dtype=np.int64)
     for row, i in enumerate(indices.tolist()):
@@ -149,19 +166,23 @@ def render_indices(sources: SceneSources, labels: np.ndarray, indices: Tensor, s
         choices = by_class[labels[i]]
         obj = choices[rng.integers(len(choices))]
         background = int(rng.integers(len(sources.backgrounds)))
+        more = tuple(np.random.default_rng([seed, i, r]) for r in range(1, renderings))
         images[row], masks[row], photo = render_one(sources.objects[obj], sources.backgrounds[background], size,
-                                                    rng, procedural_share)
+                                                    rng, procedural_share, more)
         made_from[row] = obj, background if photo else -1
-    return (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks),
-            torch.from_numpy(made_from))
+    out = torch.from_numpy(images).permute(0, 1, 4, 2, 3).contiguous()
+    return out[:, 0] if renderings == 1 else out, torch.from_numpy(masks), torch.from_numpy(made_from)
 
 
 def render_one(obj: np.ndarray, background: np.ndarray, size: int, rng: np.random.Generator,
-               procedural_share: float) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(uint8 (S, S, 3) image, bool (S, S) mask, whether the background is `background`): `obj` (RGBA) at a random
-    scale, place and flip on a random crop of `background` (RGB) or, with probability `procedural_share`, a
-    generated background."""
+               procedural_share: float, more_backgrounds: tuple[np.random.Generator, ...] = ()
+               ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(uint8 (R, S, S, 3) images, bool (S, S) mask, whether the first background is `background`): `obj` (RGBA)
+    at a random scale, place and flip on a random crop of `background` (RGB) or, with probability
+    `procedural_share`, a generated background; then, R - 1 times, the same object on a generated background drawn
+    from each of `more_backgrounds`."""
     canvas, photo = background_canvas(background, size, rng, procedural_share)
+    canvases = np.stack([canvas, *(_procedural_background(size, more) for more in more_backgrounds)])
 
     longer = max(2, round(size * rng.uniform(*OBJECT_SIDE)))
     oh, ow = obj.shape[:2]
@@ -174,8 +195,8 @@ def render_one(obj: np.ndarray, background: np.ndarray, size: int, rng: np.rando
         pasted = pasted[:, ::-1]
     y, x = rng.integers(size - new_h + 1), rng.integers(size - new_w + 1)
     alpha = pasted[..., 3:] / 255.0  # (h, w, 1)
-    image = canvas.copy()
-    region = image[y:y + new_h, x:x + new_w]
+    image = canvases
+    region = image[:, y:y + new_h, x:x + new_w]
     region[:] = alpha * pasted[..., :3] + (1 - alpha) * region
     mask = np.zeros((size, size), dtype=bool)
     mask[y:y + new_h, x:x + new_w] = alpha[..., 0] >= 0.5

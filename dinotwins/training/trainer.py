@@ -83,8 +83,8 @@ class Trainer:
         steps_per_epoch = self.sampler.batches_per_epoch
         full = math.ceil(cfg.epochs * steps_per_epoch)
         self.length = schedules.RunLength(steps_per_epoch, min(full, cfg.max_steps) if cfg.max_steps else full)
-        self.images_on_device = (self.dataset.images.to(self.device)
-                                 if self.dataset.images is not None else None)
+        images = self.dataset.training_images
+        self.images_on_device = images.to(self.device) if images is not None else None
 
         torch.manual_seed(cfg.seed)
         self.objective = build_objective(cfg).to(self.device)
