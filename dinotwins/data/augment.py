@@ -15,6 +15,8 @@ twice: once for the global views, once for the local ones):
 5. gaussian blur, a per-image sigma, one grouped separable convolution for the whole batch;
 6. solarization (x -> 1 - x where x >= 0.5), global view 2 only by default;
 7. normalization with mean / std; float32 out.
+Given R renderings of each image (B, R, C, H, W: the same object on other backgrounds), view v of each size is
+cropped from rendering v mod R, with the same random parameters as from a plain batch.
 
 Blur sigma: DINO draws sigma in (0.1, 2.0) pixels for 224 px global crops and uses the same pixel sigma for its
 96 px local crops. We scale that range by global_size / 224 for every view, which keeps the blur the same share of

@@ -143,7 +143,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- one step
     def train_step(self, images: torch.Tensor, step: int) -> dict[str, float]:
-        """One optimisation step on a uint8 batch (B, C, H, W); returns the logged values."""
+        """One optimisation step on a uint8 batch (B, C, H, W), or (B, R, C, H, W) renderings; returns the logged
+        values."""
         cfg = self.cfg
         seed = step_seed(cfg.seed, step, self.dist.rank)
         torch.manual_seed(seed)
