@@ -195,12 +195,11 @@ def render_one(obj: np.ndarray, background: np.ndarray, size: int, rng: np.rando
         pasted = pasted[:, ::-1]
     y, x = rng.integers(size - new_h + 1), rng.integers(size - new_w + 1)
     alpha = pasted[..., 3:] / 255.0  # (h, w, 1)
-    image = canvases
-    region = image[:, y:y + new_h, x:x + new_w]
+    region = canvases[:, y:y + new_h, x:x + new_w]
     region[:] = alpha * pasted[..., :3] + (1 - alpha) * region
     mask = np.zeros((size, size), dtype=bool)
     mask[y:y + new_h, x:x + new_w] = alpha[..., 0] >= 0.5
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8), mask, photo
+    return np.clip(canvases + 0.5, 0, 255).astype(np.uint8), mask, photo
 
 
 def background_canvas(background: np.ndarray, size: int, rng: np.random.Generator,
