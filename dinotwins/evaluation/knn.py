@@ -52,6 +52,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, exclude: int | np.nd
     keep[keep.sum(axis=1) > k, -1] = False  # the query was not among the k + 1: drop the last instead
     return similarities[keep].reshape(len(ids), k), ids[keep].reshape(len(ids), k)
 
+
 def own_neighbours(index: faiss.Index, features: np.ndarray, k: int, chunk: int = 2048
                    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Leave-one-out: for each chunk of `features`, which are the index's own items in order, (first row, cosine
