@@ -144,13 +144,22 @@ def test_scenes_paired_puts_each_train_object_on_two_generated_backgrounds_and_t
     assert test.renderings is None and torch.equal(test.images, same_test.images)
 
 
-def test_scenes_paired_too_large_for_memory_is_one_clear_error(monkeypatch):
+def test_scenes_paired_too_large_for_memory_renders_both_renderings_per_batch(monkeypatch):
+    eager = load_dataset("scenes-paired:40", "train", image_size=32)
     monkeypatch.setattr(scenes, "IN_MEMORY_BUDGET", 1000)
-    with pytest.raises(UserError, match="do not fit in memory"):
-        load_dataset("scenes-paired:40", "train", image_size=32)
+    lazy = load_dataset("scenes-paired:40", "train", image_size=32)
+    assert lazy.images is None and lazy.renderings is None and lazy.training_images is None
+    picks = torch.tensor([5, 39, 0, 5])
+    assert torch.equal(lazy.get_batch(picks), eager.images[picks])  # evaluation and galleries: rendering 0
+    assert torch.equal(lazy[5][0], eager.images[5])
+    assert torch.equal(lazy.training_batch(picks), eager.renderings[picks])  # training: both
+    assert torch.equal(eager.training_batch(picks), eager.renderings[picks])
 
 
-def test_training_on_scenes_paired_runs_and_logs(tmp_path):
+@pytest.mark.parametrize("held", [True, False], ids=["in-memory", "rendered-per-batch"])
+def test_training_on_scenes_paired_runs_and_logs(tmp_path, monkeypatch, held):
+    if not held:
+        monkeypatch.setattr(scenes, "IN_MEMORY_BUDGET", 1000)
     run = train(smoke_config("dino", data="scenes-paired:64", precision="fp32"), tmp_path / "run", progress=False)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 4 and all(math.isfinite(r["loss"]) for r in rows)

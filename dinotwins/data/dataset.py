@@ -39,12 +39,14 @@ class ImageDataset(torch.utils.data.Dataset):
     split: str = "train"
     files: list[Path] | None = None  # the images' paths when decoded per batch (large folders)
     storage_size: int = 32  # S, the side of every stored image
-    render: Callable[[Tensor], Tensor] | None = None  # int64 indices -> uint8 (B, 3, S, S), for generated sets
+    # Generated sets: int64 indices -> uint8 (B, 3, S, S), or (B, R, 3, S, S) for a paired set (see `renderings`).
+    render: Callable[[Tensor], Tensor] | None = None
     # Generated sets: per image, the int64 (N,) id of each thing it was made from (scenes: its object file and
     # background photograph; -1: none, e.g. a generated background), so evaluation can ask what neighbours share.
     made_from: dict[str, Tensor] | None = None
     # Paired sets: uint8 (N, R, C, S, S), R renderings of each image (scenes-paired: its object on R backgrounds),
     # `images` being rendering 0; training crops an image's views from all R (MultiCrop), evaluation reads `images`.
+    # A paired set too large for memory has neither, and its `render` returns all R per batch.
     renderings: Tensor | None = None
 
     def __len__(self) -> int:
@@ -58,7 +60,7 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.images is not None:
             return self.images[i], label
         if self.render is not None:
-            return self.render(torch.tensor([i]))[0], label
+            return self.get_batch(torch.tensor([i]))[0], label
         return decode_or_blank(self.files[i], self.storage_size), label
 
     def get_batch(self, indices: Tensor) -> Tensor:
@@ -66,10 +68,19 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.images is not None:
             return self.images[indices.to(self.images.device)]
         if self.render is not None:
-            return self.render(indices.cpu())
+            images = self.render(indices.cpu())
+            return images[:, 0] if images.dim() == 5 else images  # a paired set's rendering 0
         paths = [self.files[i] for i in indices.tolist()]
         with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
             return torch.stack(list(pool.map(lambda p: decode_or_blank(p, self.storage_size), paths)))
+
+    def training_batch(self, indices: Tensor) -> Tensor:
+        """What training crops the views of images `indices` from: uint8 (B, C, S, S), or (B, R, C, S, S) for a
+        paired set (all its renderings, held or rendered per batch)."""
+        if self.training_images is not None:
+            images = self.training_images
+            return images[indices.to(images.device)]
+        return self.render(indices.cpu()) if self.render is not None else self.get_batch(indices)
 
     @property
     def training_images(self) -> Tensor | None:

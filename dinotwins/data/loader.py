@@ -1,8 +1,8 @@
 """A run's batches, step after step, made ahead of the step that needs them.
 
 `StepBatches(dataset, sampler, steps_per_epoch)` gives the uint8 images of step s: the sampler's batch for
-(epoch, position) = divmod(s, steps_per_epoch), gathered by `dataset.get_batch` (decoded from files for a large
-folder, rendered for a large generated set). `prefetched(batches, start, stop, workers)` iterates them in step
+(epoch, position) = divmod(s, steps_per_epoch), gathered by `dataset.training_batch` (decoded from files for a
+large folder, rendered for a large generated set, all renderings of a paired one). `prefetched(batches, start, stop, workers)` iterates them in step
 order: with `workers` > 0 through a torch DataLoader whose worker processes decode `prefetch` batches ahead of the
 training step, overlapping the two; with 0 in this process, one batch when asked. A batch is a function of its
 step only, so the workers change the speed, never the images (exact resume holds either way). Augmentation stays
@@ -28,14 +28,14 @@ PREFETCH = 2  # batches each worker keeps ready
 
 
 class StepBatches(torch.utils.data.Dataset):
-    """Item s: uint8 (B, C, S, S), the images of training step s (see the module docstring)."""
+    """Item s: uint8 (B, C, S, S) or (B, R, C, S, S), the images of training step s (see the module docstring)."""
 
     def __init__(self, dataset: ImageDataset, sampler: EpochSampler, steps_per_epoch: int):
         self.dataset, self.sampler, self.steps_per_epoch = dataset, sampler, steps_per_epoch
 
     def __getitem__(self, step: int) -> Tensor:
         epoch, position = divmod(step, self.steps_per_epoch)
-        return self.dataset.get_batch(self.sampler.batch_indices(epoch, position))
+        return self.dataset.training_batch(self.sampler.batch_indices(epoch, position))
 
 
 def workers_for(setting: int, dataset: ImageDataset) -> int:

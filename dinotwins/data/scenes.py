@@ -114,8 +114,8 @@ def load_generated(spec: str, arg: str, split: str, size: int, budget: int | Non
 def load(spec: str, arg: str, split: str, size: int, budget: int | None = None, *,
          generated_train: bool = False, renderings: int = 1) -> ImageDataset:
     """`scenes[:N]`'s split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S) and what each image was made
-    from (`MADE_FROM`); rendered per batch instead (without masks and made_from) when N images would not fit
-    `budget` bytes."""
+    from (`MADE_FROM`), with `renderings` > 1 each image's renderings too; rendered per batch instead (without masks
+    and made_from) when N images and their renderings would not fit `budget` bytes."""
     try:
         n_train = int(arg) if arg else TRAIN_SIZE
     except ValueError:
@@ -130,12 +130,10 @@ def load(spec: str, arg: str, split: str, size: int, budget: int | None = None, 
     renderings = renderings if split == "train" else 1
     labels = scene_labels(n, seed)
     limit = IN_MEMORY_BUDGET if budget is None else budget
-    if n * renderings * 3 * size * size > limit:  # each batch rendered when asked
-        if renderings > 1:
-            raise UserError(f"{spec}: {n} paired images of {size} px do not fit in memory "
-                            f"({n * renderings * 3 * size * size / 1e9:.1f} GB > {limit / 1e9:.1f}); ask for fewer")
+    if n * renderings * 3 * size * size > limit:  # each batch rendered when asked (all its renderings)
         return ImageDataset(spec, None, torch.from_numpy(labels), list(CLASSES), split=split, storage_size=size,
-                            render=lambda indices: render_indices(sources, labels, indices, size, seed, share)[0])
+                            render=lambda indices: render_indices(sources, labels, indices, size, seed, share,
+                                                                  renderings)[0])
     images, masks, made_from = render_indices(sources, labels, torch.arange(n), size, seed, share, renderings)
     paired = renderings > 1
     return ImageDataset(spec, images[:, 0] if paired else images, torch.from_numpy(labels), list(CLASSES),

@@ -185,7 +185,7 @@ class Trainer:
         indices = self.sampler.batch_indices(epoch, position)
         if self.images_on_device is not None:
             return self.images_on_device[indices.to(self.device)]
-        return self.dataset.get_batch(indices).to(self.device, non_blocking=True)
+        return self.dataset.training_batch(indices).to(self.device, non_blocking=True)
 
     def batches(self) -> Iterator[torch.Tensor]:
         """The run's batches from the current step on, on the device: from device memory, or decoded ahead of the
