@@ -41,10 +41,10 @@ demo: setup
 # Train the three demo models of one set with one recipe and package them under assets/models/<set>/ (weights,
 # metrics, eval.json). The default is the scenes set (scenes preset, 64 px; hours on a 2-core CPU, see README,
 # Results); DEMO_DATA=fashion-mnist DEMO_PRESET=cpu DEMO_EXTRA="--epochs 15" is the Fashion-MNIST CPU recipe.
-# DEMO_TRAIN_DATA trains on another spec than the one the models are evaluated and filed under
-# (DEMO_TRAIN_DATA=scenes-generated: the retraining on generated backgrounds, README, Results).
+# DEMO_TRAIN_DATA is the spec trained on, DEMO_DATA the one the models are evaluated and filed under: the scenes
+# models train on generated backgrounds (scenes-generated) and are scored on scenes' photographs (README, Results).
 DEMO_DATA ?= scenes
-DEMO_TRAIN_DATA ?= $(DEMO_DATA)
+DEMO_TRAIN_DATA ?= $(if $(filter scenes,$(DEMO_DATA)),scenes-generated,$(DEMO_DATA))
 DEMO_PRESET ?= scenes
 DEMO_EXTRA ?=
 METHODS = $(shell $(BIN)/python -c "from dinotwins.objectives import METHODS; print(*METHODS)")
