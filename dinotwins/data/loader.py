@@ -2,11 +2,12 @@
 
 `StepBatches(dataset, sampler, steps_per_epoch)` gives the uint8 images of step s: the sampler's batch for
 (epoch, position) = divmod(s, steps_per_epoch), gathered by `dataset.training_batch` (decoded from files for a
-large folder, rendered for a large generated set, all renderings of a paired one). `prefetched(batches, start, stop, workers)` iterates them in step
-order: with `workers` > 0 through a torch DataLoader whose worker processes decode `prefetch` batches ahead of the
-training step, overlapping the two; with 0 in this process, one batch when asked. A batch is a function of its
-step only, so the workers change the speed, never the images (exact resume holds either way). Augmentation stays
-in the training process, on the decoded batch (data/augment.py: batched tensor ops, seeded by the step).
+large folder, rendered for a large generated set, all renderings of a paired one). `prefetched(batches, start,
+stop, workers)` iterates them in step order: with `workers` > 0 through a torch DataLoader whose worker processes
+decode `prefetch` batches ahead of the training step, overlapping the two; with 0 in this process, one batch when
+asked. A batch is a function of its step only, so the workers change the speed, never the images (exact resume
+holds either way). Augmentation stays in the training process, on the decoded batch (data/augment.py: batched
+tensor ops, seeded by the step).
 
 `workers_for(setting, dataset)`: `auto` (-1) is no worker for data held in memory (nothing to decode) and
 `AUTO_WORKERS` (at most the CPU count) for data decoded or rendered per batch.
