@@ -39,14 +39,14 @@ class ImageDataset(torch.utils.data.Dataset):
     split: str = "train"
     files: list[Path] | None = None  # the images' paths when decoded per batch (large folders)
     storage_size: int = 32  # S, the side of every stored image
-    # Generated sets: int64 indices -> uint8 (B, 3, S, S), or (B, R, 3, S, S) for a paired set (see `renderings`).
-    render: Callable[[Tensor], Tensor] | None = None
+    # Generated sets: int64 indices -> uint8 (B, 3, S, S); with every_rendering=True a paired set's (B, R, 3, S, S).
+    render: Callable[..., Tensor] | None = None
     # Generated sets: per image, the int64 (N,) id of each thing it was made from (scenes: its object file and
     # background photograph; -1: none, e.g. a generated background), so evaluation can ask what neighbours share.
     made_from: dict[str, Tensor] | None = None
     # Paired sets: uint8 (N, R, C, S, S), R renderings of each image (scenes-paired: its object on R backgrounds),
     # `images` being rendering 0; training crops an image's views from all R (MultiCrop), evaluation reads `images`.
-    # A paired set too large for memory has neither, and its `render` returns all R per batch.
+    # A paired set too large for memory has neither; its `render` makes all R per batch when training asks.
     renderings: Tensor | None = None
 
     def __len__(self) -> int:
@@ -60,7 +60,7 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.images is not None:
             return self.images[i], label
         if self.render is not None:
-            return self.get_batch(torch.tensor([i]))[0], label
+            return self.render(torch.tensor([i]))[0], label
         return decode_or_blank(self.files[i], self.storage_size), label
 
     def get_batch(self, indices: Tensor) -> Tensor:
@@ -68,8 +68,7 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.images is not None:
             return self.images[indices.to(self.images.device)]
         if self.render is not None:
-            images = self.render(indices.cpu())
-            return images[:, 0] if images.dim() == 5 else images  # a paired set's rendering 0
+            return self.render(indices.cpu())
         paths = [self.files[i] for i in indices.tolist()]
         with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
             return torch.stack(list(pool.map(lambda p: decode_or_blank(p, self.storage_size), paths)))
@@ -80,7 +79,9 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.training_images is not None:
             images = self.training_images
             return images[indices.to(images.device)]
-        return self.render(indices.cpu()) if self.render is not None else self.get_batch(indices)
+        if self.render is not None:
+            return self.render(indices.cpu(), every_rendering=True)
+        return self.get_batch(indices)
 
     @property
     def training_images(self) -> Tensor | None:

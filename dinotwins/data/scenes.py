@@ -130,10 +130,11 @@ def load(spec: str, arg: str, split: str, size: int, budget: int | None = None, 
     renderings = renderings if split == "train" else 1
     labels = scene_labels(n, seed)
     limit = IN_MEMORY_BUDGET if budget is None else budget
-    if n * renderings * 3 * size * size > limit:  # each batch rendered when asked (all its renderings)
+    if n * renderings * 3 * size * size > limit:  # each batch rendered when asked (rendering 0 unless training)
+        def render(indices: Tensor, every_rendering: bool = False) -> Tensor:
+            return render_indices(sources, labels, indices, size, seed, share, renderings if every_rendering else 1)[0]
         return ImageDataset(spec, None, torch.from_numpy(labels), list(CLASSES), split=split, storage_size=size,
-                            render=lambda indices: render_indices(sources, labels, indices, size, seed, share,
-                                                                  renderings)[0])
+                            render=render)
     images, masks, made_from = render_indices(sources, labels, torch.arange(n), size, seed, share, renderings)
     paired = renderings > 1
     return ImageDataset(spec, images[:, 0] if paired else images, torch.from_numpy(labels), list(CLASSES),
