@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dinotwins.evaluation.attention_masks import (attention_jaccard, jaccard, mass_on_object, mass_threshold_mask,
-                                                  object_area, upsample_mask)
+                                                  object_area, object_maps, upsample_mask)
 
 
 def test_mass_threshold_keeps_the_smallest_set_reaching_the_mass():
@@ -64,3 +64,15 @@ def test_mass_on_object_reads_against_the_object_area():
     assert mass_on_object(on_object, obj) == pytest.approx(0.75 / 2)  # half of the patch's mass lies on object
     heads = torch.stack([torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [0.0, 5.0]])])
     assert mass_on_object(heads[None].expand(2, 2, 2, 2), obj) == pytest.approx(0.25)  # heads weigh the same
+
+
+def test_object_maps_put_all_mass_on_the_object_and_keep_sixty_percent_of_it():
+    obj = torch.zeros(1, 8, 8, dtype=torch.bool)
+    obj[0, :4, :4] = True  # four whole patches of a 4 x 4 grid (2 px patches)
+    maps = object_maps(obj, (4, 4))
+    assert maps.shape == (1, 1, 4, 4) and mass_on_object(maps, obj) == pytest.approx(1.0)
+    mean_heads, _ = attention_jaccard(maps, obj)
+    assert mean_heads == pytest.approx(3 / 4)  # 60 % of the mass: three of the four equal patches
+    half = torch.zeros(1, 8, 8, dtype=torch.bool)
+    half[0, :4, :1] = True  # half of two patches: they get the mass, each patch weighted by its cover
+    assert object_maps(half, (4, 4))[0, 0, :2, 0].tolist() == [0.5, 0.5] and object_maps(half, (4, 4)).sum() == 1.0

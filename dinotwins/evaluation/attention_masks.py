@@ -7,7 +7,9 @@ Jaccard index (intersection over union) with the object masks, for the mean-of-h
 `mass_on_object` is the share of the mean-of-heads map's mass that lies on the object: a map blind to the object
 puts about the object's area there, so it reads against `object_area`. The Jaccard index has no such reference:
 a mask of 60 % of the image placed without regard to an object covering a share a of it scores about
-0.6a / (0.6 + 0.4a), 0.20 for the scenes test split's a = 0.23.
+0.6a / (0.6 + 0.4a), 0.20 for the scenes test split's a = 0.23. Nor is 1 its top: `object_maps`, the maps a
+model looking at the object alone would draw (each patch weighted by how much of it the object covers), keep 60 %
+of the object and score about 0.6 (rows.py reports them beside the models).
 
 Pure tensor functions; the model call that produces the maps lives in rows.py.
 """
@@ -78,6 +80,12 @@ def normalized(attn: Tensor) -> Tensor:
 def patch_cover(object_masks: Tensor, grid: tuple[int, int]) -> Tensor:
     """float64 (N, h, w): the share of each patch of a (h, w) grid that the object covers; masks bool (N, H, W)."""
     return F.adaptive_avg_pool2d(object_masks[:, None].double(), grid)[:, 0]
+
+
+def object_maps(object_masks: Tensor, grid: tuple[int, int]) -> Tensor:
+    """float64 (N, 1, h, w): one-head maps with mass on object patches alone, each patch weighted by the share of
+    it the object covers (`patch_cover`); masks bool (N, H, W). What a map that sees the object alone scores."""
+    return patch_cover(object_masks, grid)[:, None]
 
 
 def mass_on_object(attn: Tensor, object_masks: Tensor) -> float:

@@ -1,7 +1,9 @@
 """The evaluation of frozen self-supervised ViTs, one row per model (`python -m dinotwins.evaluate`, cli.py).
 
 One row per model, plus baselines (raw pixels; a randomly initialized ViT for each distinct model shape, named by
-its blocks, width, heads, image and patch size, so models of two sizes get two random rows):
+its blocks, width, heads, image and patch size, so models of two sizes get two random rows) and, for the attention
+columns alone, the object masks themselves drawn as maps at each distinct patch grid (`object_maps`: what a model
+that looks at the object and nothing else scores, the top of the attention columns):
 - k-NN: the DINO paper's weighted vote (k = 20, T = 0.07) of the test split against every train label (knn.py);
 - linear probe: logistic regression on a class-balanced, seeded 10 % of the train labels, the DinoTwins paper's
   low-label protocol (probe.py);
@@ -44,7 +46,8 @@ from dinotwins.data import load_dataset
 from dinotwins.data.augment import eval_transform
 from dinotwins.data.dataset import ImageDataset
 from dinotwins.errors import UserError
-from dinotwins.evaluation.attention_masks import KEEP_MASS, attention_jaccard, mass_on_object, object_area
+from dinotwins.evaluation.attention_masks import (KEEP_MASS, attention_jaccard, mass_on_object, object_area,
+                                                   object_maps)
 from dinotwins.evaluation.embedding_health import effective_rank, embedding_std
 from dinotwins.evaluation.features import (BATCH_SIZE, DEFAULT_CACHE_DIR, extract_features, normalization_of,
                                            raw_pixel_features)
@@ -142,16 +145,45 @@ def attention_scores(model, test: ImageDataset, keep_mass: float = KEEP_MASS, ba
     render at any size) and its first len(test) images are used (any sample of the split measures the same thing).
     """
     size = model.input_size(scale)
+    test = mask_split(test, size)
+    block = functools.partial(model.attention, layer=model.block_index(layer))
+    maps = _per_batch(block, model, test, size, batch_size)  # (N, heads, h, w)
+    return map_scores(maps, test.masks.cpu(), keep_mass)
+
+
+def mask_split(test: ImageDataset, size: int) -> ImageDataset:
+    """The images the attention columns are scored on at input size `size`: the test split, or the first
+    `MASK_IMAGES` of synthetic's where it has no masks; rendered again at `size` where stored at another."""
     if test.masks is None:
         test = limit_dataset(load_dataset(MASK_DATA, "test", image_size=size), MASK_IMAGES, first=True)
     if test.image_shape[-1] != size:
         regenerated = load_dataset(test.name, test.split, image_size=size)
         test = limit_dataset(regenerated, len(test), first=True)
-    block = functools.partial(model.attention, layer=model.block_index(layer))
-    maps, masks = _per_batch(block, model, test, size, batch_size), test.masks.cpu()  # (N, heads, h, w)
+    return test
+
+
+def map_scores(maps: torch.Tensor, masks: torch.Tensor, keep_mass: float = KEEP_MASS) -> dict[str, float]:
+    """`ATTENTION_KEYS` of maps (N, heads, h, w) against bool masks (N, H, W)."""
     mean_heads, per_head = attention_jaccard(maps, masks, keep_mass)
     return dict(zip(ATTENTION_KEYS, (mean_heads, per_head.max().item(), mass_on_object(maps, masks),
                                      object_area(masks))))
+
+
+def evaluate_object_maps(model, test: ImageDataset, keep_mass: float = KEEP_MASS,
+                         scale: float = 1.0) -> dict[str, Any]:
+    """The reference row of the attention columns at `model`'s patch grid (input size `scale` x its own): the
+    object masks as maps (`object_maps`), scored like a model's; every other column None."""
+    size = model.input_size(scale)
+    test = mask_split(test, size)
+    grid = size // model.patch_size
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(map_scores(object_maps(test.masks.cpu(), (grid, grid)), test.masks.cpu(), keep_mass))
+    row.update(model=object_maps_name(size, grid), num_test=len(test))
+    return row
+
+
+def object_maps_name(size: int, grid: int) -> str:
+    return f"object masks as maps ({size} px, {grid} x {grid} patches)"
 
 
 def foreground_probe_score(model, train: ImageDataset, test: ImageDataset,
@@ -234,8 +266,8 @@ def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: in
                  baselines: bool = True, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
                  progress: bool = False, attention_scale: float = 1.0,
                  attention_layer: int = 0) -> list[dict[str, Any]]:
-    """The rows of `LoadedModel`s, then (with `baselines`) raw pixels and one random-init ViT per distinct shape
-    among the models, in the models' order."""
+    """The rows of `LoadedModel`s, then (with `baselines`) raw pixels, one random-init ViT per distinct shape
+    among the models and the object masks as maps per distinct patch grid, in the models' order."""
     from dinotwins.models.load import LoadedModel
 
     options = dict(k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
@@ -250,4 +282,9 @@ def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: in
             random_model = LoadedModel.random_like(m, seed=seed)
             randoms.setdefault(random_model.name, random_model)
         rows += [evaluate_model(m, train, test, **shared, **options) for m in randoms.values()]
+        grids = {}  # one per patch grid at the attention's input size
+        for m in models:
+            size = m.input_size(attention_scale)
+            grids.setdefault(object_maps_name(size, size // m.patch_size), m)
+        rows += [evaluate_object_maps(m, test, scale=attention_scale) for m in grids.values()]
     return rows

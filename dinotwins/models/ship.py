@@ -72,7 +72,7 @@ def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str,
     metrics = read_metrics(run_dir / "metrics.jsonl")
     model = load_model(run_dir / "model.safetensors")
     train, test = (load_dataset(data, split, image_size=model.image_size) for split in ("train", "test"))
-    full = evaluate_all([model], train, test)  # the model's row, then the two baselines
+    full = evaluate_all([model], train, test)  # the model's row, then the baselines
     steps = int(model.metadata.get("steps") or (metrics[-1]["step"] if metrics else 0))
     report = {
         "command": command,
