@@ -172,7 +172,7 @@ def test_models_of_two_shapes_get_a_random_init_baseline_each_named_by_its_shape
 
 
 # ------------------------------------------------------------------------------------------------ command line
-def test_cli_json_has_a_row_per_model_and_both_baselines(smoke_runs, tmp_path, capsys):
+def test_cli_json_has_a_row_per_model_and_the_baselines(smoke_runs, tmp_path, capsys):
     args = [str(smoke_runs["dino"]), str(smoke_runs["barlow"] / "model.safetensors"), "--data", "synthetic:64",
             "--json", "--cache-dir", str(tmp_path), "--no-progress", "--limit-train", "48", "--k", "10"]
     assert main(args) == 0
