@@ -5,7 +5,9 @@ teacher forward over all crops, loss, backward, clipping, optimizer step, EMA an
 images after warm-up, and reports img/s, seconds per step, GFLOP per image (counted by
 torch.utils.flop_counter over one step), achieved TFLOP/s, the peak TFLOP/s of a large matmul on the same device
 and dtype (measured after every timed step, so a shared machine's drift moves both alike), MFU = achieved / peak
-(the median over steps of each step's own ratio), and peak memory.
+(the median over steps of each step's own ratio), peak memory, and the matmul ceiling: the step's matrix products
+timed alone at their own shapes (bench_ceiling.py), the fraction of the limit the step would reach if nothing else
+in it took time.
 
 What runs is a run's config, set as for train.py: `--preset` (default `bench`, the issue's CPU configuration;
 dinotwins/presets/bench.yaml), `--method` and `--set key=value`, e.g. `--set precision=fp32 --set attention=fused`,
@@ -33,6 +35,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from dinotwins.bench_ceiling import RecordProducts, matmul_ceiling
 from dinotwins.cli import OneLineParser
 from dinotwins.config import TrainConfig, available_presets, build_config, dotted_to_nested, load_preset, merge
 from dinotwins.data.augment import MultiCrop
@@ -137,6 +140,8 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         with FlopCounterMode(display=False) as counter:
             eager.train_step(images, 1)
         flops_per_step = counter.get_total_flops()
+        with RecordProducts() as products:  # the matrix products' shapes, for the ceiling after the timing
+            eager.train_step(images, 2)
         trainer = _bench_trainer(cfg, Path(tmp) / "timed", compile=True) if cfg.compile else eager
         del eager
         device = trainer.device
@@ -163,6 +168,8 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
             for dt in peak_dtypes:  # measured every round too, so a drifting machine moves step and roofline alike
                 peaks[dt].append(peak_matmul_tflops(device, dt, trials=1))
         step_s = sum(seconds["ours"]) / steps
+        ceiling = matmul_ceiling(products.counts, device, step_s,
+                                 lambda: max(peak_matmul_tflops(device, dt, trials=1) for dt in peak_dtypes))
         for name, run in sides.items() if profile_rows else ():
             print_profile(run, steps, profile_rows, f"{name} ({cfg.method}, {dtype})" if name == "ours" else name)
     # Each round's fraction: its step's FLOP rate over that round's peak; the median over rounds is reported.
@@ -189,6 +196,9 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         "achieved_tflops": round(achieved, 4), "peak_tflops": round(peak, 4), "mfu": round(mfu, 4),
         # the FLOP-equal limit: the step's FLOPs at the best matmul speed the device has in any dtype
         "best_peak_tflops": round(best_peak, 4), "fraction_of_limit": round(fraction, 4),
+        # the step's matmuls alone at their own shapes: the fraction of the limit if all else were free
+        **{key: round(value, 4) for key, value in ceiling.items()},
+        "matmul_flop_share": round(ceiling["matmul_gflop_per_step"] * 1e9 / flops_per_step, 4),
         **(cpu_description() if device.type == "cpu" else {}),
         "peak_rss_mb" if device.type == "cpu" else "peak_gpu_mem_mb": round(peak_mem, 1),
     }

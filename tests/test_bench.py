@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from dinotwins.bench import bench_config, build_parser, match_official
@@ -45,6 +46,9 @@ def test_a_short_bench_prints_one_json_row_of_the_config_it_timed():
     assert row["img_per_s"] > 0 and row["gflop_per_img"] > 0 and row["packed_crops"] is False
     # each step is compared with the roofline of its own round; the limit is the best dtype's, never below the own
     assert 0 < row["fraction_of_limit"] <= row["mfu"] and row["best_peak_tflops"] >= row["peak_tflops"]
+    # the step's matmuls, timed alone, take part of the step and carry nearly all of its counted FLOPs
+    assert row["matmul_products"] >= row["matmul_shapes"] > 0 and 0 < row["matmul_share_of_step"] < 1
+    assert 0.9 < row["matmul_flop_share"] <= 1.0 and row["matmul_ceiling"] > 0
     assert "profile: ours (hybrid, torch.float32), 1 steps" in r.stderr and "aten::" in r.stderr
 
 
@@ -83,3 +87,23 @@ def test_libraries_capped_to_avx2_run_fp32_and_the_bench_says_so():
     row = json.loads(r.stdout.strip().splitlines()[-1])
     assert row["dtype"] == "float32" and row["cpu_isa"]["onednn_max"] == "AVX2"
     assert row["cpu_isa"]["aten"] in ("AVX2", "DEFAULT")  # DEFAULT on a CPU without AVX2
+
+
+def test_the_ceiling_records_each_product_of_forward_and_backward_with_its_layout():
+    from dinotwins.bench_ceiling import RecordProducts, matmul_ceiling
+
+    layer = torch.nn.Linear(32, 48)
+    x, weights = torch.randn(8, 32, requires_grad=True), torch.randn(8, 48)
+    with RecordProducts() as rec:
+        (layer(x) * weights).sum().backward()
+        torch.bmm(torch.randn(2, 5, 7), torch.randn(2, 7, 3))
+    products = {(p.a_shape, p.b_shape): (p, n) for p, n in rec.counts.items()}
+    # forward addmm, then the input's and the weight's gradients (a transposed operand each), then the bmm
+    assert set(products) == {((8, 32), (32, 48)), ((8, 48), (48, 32)), ((48, 8), (8, 32)), ((2, 5, 7), (2, 7, 3))}
+    assert products[((48, 8), (8, 32))][0].a_stride == (1, 48)  # the transposed gradient as it ran, not a copy
+    assert sum(p.flops * n for p, n in rec.counts.items()) == 3 * 2 * 8 * 32 * 48 + 2 * 2 * 5 * 7 * 3
+    ceiling = matmul_ceiling(rec.counts, torch.device("cpu"), step_seconds=1e9, peak_tflops=lambda: 1e-9, rounds=1)
+    flops = ceiling["matmul_gflop_per_step"] * 1e9
+    assert ceiling["matmul_products"] == 4 and ceiling["matmul_shapes"] == 4
+    # a fraction of the given peak: the FLOPs over the products' own solo time
+    assert ceiling["matmul_ceiling"] == pytest.approx(flops / ceiling["matmul_solo_s"] / 1e12 / 1e-9, rel=0.02)
