@@ -75,13 +75,16 @@ bench-levers: setup
 
 # Max RSS of 4-step demo-preset runs on Fashion-MNIST (the issue's memory target), each backward mode.
 # The README's per-CPU table: our step beside the official DINO step (a clone at OFFICIAL) in the same run, on the
-# bench preset and the scenes preset, plus the packed-crops and per-method rows.
+# bench preset and the scenes preset (also at widths 384 and 768), plus the packed-crops and per-method rows.
 OFFICIAL ?= ../dino
+WIDER = "--set model.embed_dim=384 --set model.num_heads=6" "--set model.embed_dim=768 --set model.num_heads=12"
 bench-cpu: setup
 	$(BIN)/python -m dinotwins.bench --official $(OFFICIAL) --json | tail -1
 	$(BIN)/python -m dinotwins.bench --official $(OFFICIAL) --set precision=fp32 --json | tail -1
 	$(BIN)/python -m dinotwins.bench --set packed_crops=true --json | tail -1
 	$(BIN)/python -m dinotwins.bench --preset scenes --official $(OFFICIAL) --json | tail -1
+	for flags in $(WIDER); do \
+	  $(BIN)/python -m dinotwins.bench --preset scenes --official $(OFFICIAL) --json $$flags | tail -1; done
 	for flags in "--set packed_crops=false" "--set packed_crops=false --set backward_per_resolution=false" "--method barlow" "--method hybrid"; do \
 	  $(BIN)/python -m dinotwins.bench --preset scenes --json $$flags | tail -1; done
 
@@ -91,6 +94,8 @@ AVX2_ONLY = ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCT
 bench-cpu-avx2: setup
 	$(AVX2_ONLY) $(BIN)/python -m dinotwins.bench --official $(OFFICIAL) --json | tail -1
 	$(AVX2_ONLY) $(BIN)/python -m dinotwins.bench --preset scenes --official $(OFFICIAL) --json | tail -1
+	$(AVX2_ONLY) $(BIN)/python -m dinotwins.bench --preset scenes --official $(OFFICIAL) --json \
+	  --set model.embed_dim=384 --set model.num_heads=6 | tail -1
 
 bench-memory: setup
 	for method in dino hybrid; do for per_res in true false; do \
