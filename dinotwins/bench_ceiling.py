@@ -16,9 +16,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dinotwins.training.distributed import synchronize
 
 _aten = torch.ops.aten
-# operator -> (positions of its two matrix operands, whether it adds a bias/input)
-_MATMULS = {_aten.mm.default: (0, 1, False), _aten.addmm.default: (1, 2, True),
-            _aten.bmm.default: (0, 1, False), _aten.baddbmm.default: (1, 2, True)}
+# operator -> positions of its two matrix operands (addmm's and baddbmm's added input is elementwise: the rest)
+_MATMULS = {_aten.mm.default: (0, 1), _aten.addmm.default: (1, 2), _aten.bmm.default: (0, 1),
+            _aten.baddbmm.default: (1, 2)}
 
 
 class Product(NamedTuple):
@@ -45,7 +45,7 @@ class RecordProducts(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in _MATMULS:
-            i, j, _ = _MATMULS[func]
+            i, j = _MATMULS[func]
             a, b = args[i], args[j]
             self.counts[Product(tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), a.dtype)] += 1
         return func(*args, **(kwargs or {}))
