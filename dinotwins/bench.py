@@ -137,11 +137,10 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         eager = _bench_trainer(cfg, Path(tmp) / "eager", compile=False)
         images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=eager.device)
         eager.train_step(images, 0)
-        with FlopCounterMode(display=False) as counter:
+        # one step counts the FLOPs and records the matrix products' shapes (for the ceiling after the timing)
+        with FlopCounterMode(display=False) as counter, RecordProducts() as products:
             eager.train_step(images, 1)
         flops_per_step = counter.get_total_flops()
-        with RecordProducts() as products:  # the matrix products' shapes, for the ceiling after the timing
-            eager.train_step(images, 2)
         trainer = _bench_trainer(cfg, Path(tmp) / "timed", compile=True) if cfg.compile else eager
         del eager
         device = trainer.device
