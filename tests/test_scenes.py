@@ -144,6 +144,27 @@ def test_scenes_paired_puts_each_train_object_on_two_generated_backgrounds_and_t
     assert test.renderings is None and torch.equal(test.images, same_test.images)
 
 
+def test_scenes_paired_photos_puts_each_scenes_image_on_a_second_background_and_renders_it_per_batch_too(monkeypatch):
+    paired, photos = (load_dataset(spec, "train", image_size=32) for spec in ("scenes-paired-photos:40", "scenes:40"))
+    assert paired.renderings.shape == (40, 2, 3, 32, 32)
+    assert torch.equal(paired.images, photos.images) and torch.equal(paired.masks, photos.masks)
+    first, second = paired.renderings.unbind(1)
+    difference = (first.int() - second.int()).abs().amax(dim=1)
+    inside = torch.stack([torch.from_numpy(ndimage.binary_erosion(m.numpy())) for m in paired.masks])
+    assert (difference[inside] <= 1).float().mean() > 0.9
+    assert difference[~paired.masks].float().mean() > 20
+    # Mostly photographs on both sides: the generated backgrounds' grain makes neighbouring pixels differ more.
+    generated = load_dataset("scenes-paired:40", "train", image_size=32).renderings[:, 1]
+    roughness = lambda x: (x[..., 1:].int() - x[..., :-1].int()).abs().float().mean()  # noqa: E731
+    assert roughness(second) < roughness(generated)
+    test, same_test = (load_dataset(spec, "test", image_size=32) for spec in ("scenes-paired-photos", "scenes"))
+    assert test.renderings is None and torch.equal(test.images, same_test.images)
+    monkeypatch.setattr(scenes, "IN_MEMORY_BUDGET", 1000)
+    lazy = load_dataset("scenes-paired-photos:40", "train", image_size=32)
+    picks = torch.tensor([3, 0, 39])
+    assert torch.equal(lazy.training_batch(picks), paired.renderings[picks])
+
+
 def test_scenes_paired_too_large_for_memory_renders_both_renderings_per_batch(monkeypatch):
     eager = load_dataset("scenes-paired:40", "train", image_size=32)
     monkeypatch.setattr(scenes, "IN_MEMORY_BUDGET", 1000)

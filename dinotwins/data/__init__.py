@@ -50,6 +50,9 @@ SOURCES = {
                                "scenes' own)", "dinotwins.data.scenes", "load_generated"),
     "scenes-paired": Source("scenes-paired[:N]", "scenes-generated with each train image on two backgrounds, "
                             "its crops taken from both (test: scenes' own)", "dinotwins.data.scenes", "load_paired"),
+    "scenes-paired-photos": Source("scenes-paired-photos[:N]", "scenes with each train image on two backgrounds "
+                                   "(photographs), its crops taken from both (test: scenes' own)",
+                                   "dinotwins.data.scenes", "load_paired_photos"),
 }
 SPEC_SYNTAX = " | ".join(source.syntax for source in SOURCES.values())
 

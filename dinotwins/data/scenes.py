@@ -103,6 +103,14 @@ def load_paired(spec: str, arg: str, split: str, size: int, budget: int | None =
     return load(spec, arg, split, size, budget, generated_train=True, renderings=PAIRED_RENDERINGS)
 
 
+def load_paired_photos(spec: str, arg: str, split: str, size: int, budget: int | None = None) -> ImageDataset:
+    """`scenes-paired-photos[:N]`'s split: `load`'s (photographed backgrounds), each train image also rendered on a
+    second background drawn like the first (another training photograph, or generated for `PROCEDURAL_SHARE`), so
+    the views disagree on the background as in `scenes-paired` while the clutter the maps must ignore is
+    photographic, as in the test split. The test split is scenes' own."""
+    return load(spec, arg, split, size, budget, renderings=PAIRED_RENDERINGS, photo_pairs=True)
+
+
 def load_generated(spec: str, arg: str, split: str, size: int, budget: int | None = None) -> ImageDataset:
     """`scenes-generated[:N]`'s split: `load`'s, with every train image's background generated (same objects,
     places, scales and labels), since with a few dozen photographs recurring thousands of times models learned to
@@ -112,10 +120,11 @@ def load_generated(spec: str, arg: str, split: str, size: int, budget: int | Non
 
 
 def load(spec: str, arg: str, split: str, size: int, budget: int | None = None, *,
-         generated_train: bool = False, renderings: int = 1) -> ImageDataset:
+         generated_train: bool = False, renderings: int = 1, photo_pairs: bool = False) -> ImageDataset:
     """`scenes[:N]`'s split: images uint8 (N, 3, S, S), labels, masks bool (N, S, S) and what each image was made
     from (`MADE_FROM`), with `renderings` > 1 each image's renderings too; rendered per batch instead (without masks
-    and made_from) when N images and their renderings would not fit `budget` bytes."""
+    and made_from) when N images and their renderings would not fit `budget` bytes. A second rendering's background
+    is generated, or with `photo_pairs` drawn like the first from another photograph."""
     try:
         n_train = int(arg) if arg else TRAIN_SIZE
     except ValueError:
@@ -132,10 +141,12 @@ def load(spec: str, arg: str, split: str, size: int, budget: int | None = None, 
     limit = IN_MEMORY_BUDGET if budget is None else budget
     if n * renderings * 3 * size * size > limit:  # each batch rendered when asked (rendering 0 unless training)
         def render(indices: Tensor, every_rendering: bool = False) -> Tensor:
-            return render_indices(sources, labels, indices, size, seed, share, renderings if every_rendering else 1)[0]
+            return render_indices(sources, labels, indices, size, seed, share, renderings if every_rendering else 1,
+                                  photo_pairs)[0]
         return ImageDataset(spec, None, torch.from_numpy(labels), list(CLASSES), split=split, storage_size=size,
                             render=render)
-    images, masks, made_from = render_indices(sources, labels, torch.arange(n), size, seed, share, renderings)
+    images, masks, made_from = render_indices(sources, labels, torch.arange(n), size, seed, share, renderings,
+                                              photo_pairs)
     paired = renderings > 1
     return ImageDataset(spec, images[:, 0] if paired else images, torch.from_numpy(labels), list(CLASSES),
                         masks=masks, split=split, storage_size=size, renderings=images if paired else None,
@@ -149,13 +160,15 @@ def scene_labels(n: int, seed: int) -> np.ndarray:
 
 
 def render_indices(sources: SceneSources, labels: np.ndarray, indices: Tensor, size: int, seed: int,
-                   procedural_share: float, renderings: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+                   procedural_share: float, renderings: int = 1, photo_pairs: bool = False
+                   ) -> tuple[Tensor, Tensor, Tensor]:
     """(uint8 (B, 3, S, S), bool (B, S, S), int64 (B, 2)): images `indices` of the split whose labels are
     `labels`, their masks, and what each was made from (`MADE_FROM`: the index of its object in
     `sources.objects` and of its background in `sources.backgrounds`, -1 for a generated one); image i comes from
     its own generator, seeded by (seed, i), so any image renders alone; `procedural_share` of them on a generated
     background. With `renderings` R > 1 the images are (B, R, 3, S, S): the first as with R = 1, the others the
-    same object, place, scale and flip on generated backgrounds drawn from generators seeded (seed, i, r)."""
+    same object, place, scale and flip on generated backgrounds drawn from generators seeded (seed, i, r), or with
+    `photo_pairs` on backgrounds drawn like the first from another of `sources.backgrounds`."""
     by_class = [[i for i, k in enumerate(sources.object_labels) if k == c] for c in range(len(CLASSES))]
     images = np.empty((len(indices), renderings, size, size, 3), dtype=np.uint8)
     masks = np.empty((len(indices), size, size), dtype=bool)
@@ -165,7 +178,8 @@ def render_indices(sources: SceneSources, labels: np.ndarray, indices: Tensor, s
         choices = by_class[labels[i]]
         obj = choices[rng.integers(len(choices))]
         background = int(rng.integers(len(sources.backgrounds)))
-        more = tuple(np.random.default_rng([seed, i, r]) for r in range(1, renderings))
+        more = tuple(_other_background(sources.backgrounds, background, np.random.default_rng([seed, i, r]),
+                                       photo_pairs) for r in range(1, renderings))
         images[row], masks[row], photo = render_one(sources.objects[obj], sources.backgrounds[background], size,
                                                     rng, procedural_share, more)
         made_from[row] = obj, background if photo else -1
@@ -173,15 +187,29 @@ def render_indices(sources: SceneSources, labels: np.ndarray, indices: Tensor, s
     return out[:, 0] if renderings == 1 else out, torch.from_numpy(masks), torch.from_numpy(made_from)
 
 
+def _other_background(backgrounds: tuple[np.ndarray, ...], taken: int, rng: np.random.Generator,
+                      photo: bool) -> tuple[np.random.Generator, np.ndarray | None]:
+    """(generator, background) for a further rendering: with `photo` one of `backgrounds` other than `taken`
+    (drawn from `rng`), else None (a generated one)."""
+    if not photo or len(backgrounds) < 2:
+        return rng, None
+    other = int(rng.integers(len(backgrounds) - 1))
+    return rng, backgrounds[other + (other >= taken)]
+
+
 def render_one(obj: np.ndarray, background: np.ndarray, size: int, rng: np.random.Generator,
-               procedural_share: float, more_backgrounds: tuple[np.random.Generator, ...] = ()
+               procedural_share: float,
+               more_backgrounds: tuple[tuple[np.random.Generator, np.ndarray | None], ...] = ()
                ) -> tuple[np.ndarray, np.ndarray, bool]:
     """(uint8 (R, S, S, 3) images, bool (S, S) mask, whether the first background is `background`): `obj` (RGBA)
     at a random scale, place and flip on a random crop of `background` (RGB) or, with probability
-    `procedural_share`, a generated background; then, R - 1 times, the same object on a generated background drawn
-    from each of `more_backgrounds`."""
+    `procedural_share`, a generated background; then, R - 1 times, the same object on a further background, one
+    per (generator, background) of `more_backgrounds`: drawn like the first from that background, or generated
+    where it is None."""
     canvas, photo = background_canvas(background, size, rng, procedural_share)
-    canvases = np.stack([canvas, *(_procedural_background(size, more) for more in more_backgrounds)])
+    canvases = np.stack([canvas, *(_procedural_background(size, more) if other is None else
+                                   background_canvas(other, size, more, procedural_share)[0]
+                                   for more, other in more_backgrounds)])
 
     longer = max(2, round(size * rng.uniform(*OBJECT_SIDE)))
     oh, ow = obj.shape[:2]
