@@ -178,8 +178,8 @@ def render_indices(sources: SceneSources, labels: np.ndarray, indices: Tensor, s
         choices = by_class[labels[i]]
         obj = choices[rng.integers(len(choices))]
         background = int(rng.integers(len(sources.backgrounds)))
-        more = tuple(_other_background(sources.backgrounds, background, np.random.default_rng([seed, i, r]),
-                                       photo_pairs) for r in range(1, renderings))
+        more = tuple((g, _other_background(sources.backgrounds, background, g) if photo_pairs else None)
+                     for g in (np.random.default_rng([seed, i, r]) for r in range(1, renderings)))
         images[row], masks[row], photo = render_one(sources.objects[obj], sources.backgrounds[background], size,
                                                     rng, procedural_share, more)
         made_from[row] = obj, background if photo else -1
@@ -187,14 +187,12 @@ def render_indices(sources: SceneSources, labels: np.ndarray, indices: Tensor, s
     return out[:, 0] if renderings == 1 else out, torch.from_numpy(masks), torch.from_numpy(made_from)
 
 
-def _other_background(backgrounds: tuple[np.ndarray, ...], taken: int, rng: np.random.Generator,
-                      photo: bool) -> tuple[np.random.Generator, np.ndarray | None]:
-    """(generator, background) for a further rendering: with `photo` one of `backgrounds` other than `taken`
-    (drawn from `rng`), else None (a generated one)."""
-    if not photo or len(backgrounds) < 2:
-        return rng, None
+def _other_background(backgrounds: tuple[np.ndarray, ...], taken: int, rng: np.random.Generator) -> np.ndarray | None:
+    """One of `backgrounds` other than `taken`, drawn from `rng`; None (a generated one) where there is no other."""
+    if len(backgrounds) < 2:
+        return None
     other = int(rng.integers(len(backgrounds) - 1))
-    return rng, backgrounds[other + (other >= taken)]
+    return backgrounds[other + (other >= taken)]
 
 
 def render_one(obj: np.ndarray, background: np.ndarray, size: int, rng: np.random.Generator,
