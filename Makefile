@@ -89,7 +89,7 @@ bench-cpu: setup
 	  $(BIN)/python -m dinotwins.bench --preset scenes --json $$flags | tail -1; done
 
 # The same comparison as on an AVX2-only CPU: ATen, oneDNN and MKL capped to AVX2, so bf16 has no native path and
-# precision `auto` picks fp32 (README, Performance).
+# precision `auto` picks fp32 (README, Performance). On a CPU without AVX512 the caps change nothing.
 AVX2_ONLY = ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 bench-cpu-avx2: setup
 	$(AVX2_ONLY) $(BIN)/python -m dinotwins.bench --official $(OFFICIAL) --json | tail -1
