@@ -41,6 +41,7 @@ def create_backbone(cfg: ModelConfig) -> VisionTransformer:
         patch_size=cfg.patch_size,
         dynamic_img_size=True,
         drop_path_rate=cfg.drop_path_rate,
+        reg_tokens=cfg.reg_tokens,
         **overrides,
     )
     if not isinstance(model, VisionTransformer):

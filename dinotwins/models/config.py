@@ -27,3 +27,4 @@ class ModelConfig:
     depth: int | None = None  # None: the arch's own depth
     num_heads: int | None = None  # None: the arch's own head count
     drop_path_rate: float = 0.1  # stochastic depth, DINO's default for ViT-S
+    reg_tokens: int = 0  # register tokens beside CLS ("Vision Transformers Need Registers"); maps leave them out

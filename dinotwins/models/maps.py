@@ -75,7 +75,7 @@ def attention_rollout(model: VisionTransformer, x: Tensor, head_fusion: str = "m
         fused = getattr(weights[layer], head_fusion)(dim=1)  # (B, N, N)
         fused = fused.values if head_fusion != "mean" else fused
         if discard_ratio > 0:
-            fused = _discard_lowest(fused, discard_ratio)
+            fused = _discard_lowest(fused, discard_ratio, model.num_prefix_tokens)
         eye = torch.eye(fused.shape[-1], device=fused.device, dtype=fused.dtype)
         step = fused + eye  # the residual connection
         step = step / step.sum(dim=-1, keepdim=True)
@@ -91,13 +91,13 @@ def patch_tokens(model: VisionTransformer, x: Tensor) -> Tensor:
     return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1])
 
 
-def _discard_lowest(weights: Tensor, ratio: float) -> Tensor:
-    """Zero the smallest `ratio` of each row's weights (B, N, N), never the CLS column (index 0)."""
+def _discard_lowest(weights: Tensor, ratio: float, prefix: int = 1) -> Tensor:
+    """Zero the smallest `ratio` of each row's patch weights (B, N, N), never the `prefix` columns (CLS, registers)."""
     n = weights.shape[-1]
-    drop = int(ratio * (n - 1))
+    drop = int(ratio * (n - prefix))
     if drop == 0:
         return weights
-    patches = weights[..., 1:]
+    patches = weights[..., prefix:]
     threshold = patches.kthvalue(drop, dim=-1, keepdim=True).values  # (B, N, 1)
     kept = torch.where(patches <= threshold, torch.zeros_like(patches), patches)
-    return torch.cat([weights[..., :1], kept], dim=-1)
+    return torch.cat([weights[..., :prefix], kept], dim=-1)
