@@ -66,3 +66,23 @@ def test_patch_tokens_are_the_normed_last_layer_tokens_on_the_grid(vit, x):
     tokens = maps.patch_tokens(vit, x)
     assert tokens.shape == (2, 4, 4, 48)
     assert torch.allclose(tokens.reshape(2, 16, 48), vit.forward_features(x)[:, 1:])
+
+
+def test_register_tokens_are_left_out_of_maps_and_kept_through_export(tmp_path, x):
+    from dinotwins.models.export import export_backbone
+    from dinotwins.models.load import load_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, drop_path_rate=0.0,
+                      reg_tokens=4)
+    vit = create_backbone(cfg).eval()
+    assert vit.num_prefix_tokens == 5
+    assert torch.allclose(maps.cls_attention(vit, x).flatten(2), maps.attention_weights(vit, x, [-1])[-1][:, :, 0, 5:])
+    assert maps.attention_rollout(vit, x, discard_ratio=0.5).shape == (2, 4, 4)
+    assert torch.allclose(maps.patch_tokens(vit, x).reshape(2, 16, 48), vit.forward_features(x)[:, 5:])
+    kept = maps._discard_lowest(torch.tensor([[[0.01, 0.02, 0.1, 0.2, 0.3, 0.37]] * 6]), 0.5, prefix=2)
+    assert torch.equal(kept[0, 0], torch.tensor([0.01, 0.02, 0.0, 0.0, 0.3, 0.37]))  # registers never dropped
+    export_backbone(vit, cfg, tmp_path / "m.safetensors", method="dino", data="synthetic", steps=0)
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert loaded.config.reg_tokens == 4
+    assert torch.allclose(maps.cls_attention(loaded.backbone, x), maps.cls_attention(vit, x), atol=1e-6)
