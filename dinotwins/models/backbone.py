@@ -31,8 +31,8 @@ def create_backbone(cfg: ModelConfig) -> VisionTransformer:
         raise UserError(
             f"image size {cfg.image_size} is not a multiple of patch size {cfg.patch_size}; change one of them"
         )
-    overrides = {k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth),
-                                   ("num_heads", cfg.num_heads)) if v is not None}
+    overrides = {k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth), ("num_heads", cfg.num_heads),
+                                   ("reg_tokens", cfg.reg_tokens or None)) if v is not None}
     model = timm.create_model(
         cfg.arch,
         pretrained=False,
@@ -41,7 +41,6 @@ def create_backbone(cfg: ModelConfig) -> VisionTransformer:
         patch_size=cfg.patch_size,
         dynamic_img_size=True,
         drop_path_rate=cfg.drop_path_rate,
-        reg_tokens=cfg.reg_tokens,
         **overrides,
     )
     if not isinstance(model, VisionTransformer):
