@@ -105,6 +105,7 @@ class TrainConfig:
             (self.export_dtype in ("float32", "float16"), f"export_dtype must be float32 or float16, got {self.export_dtype!r}"),
             (self.optim.base_lr > 0, f"optim.base_lr must be positive, got {self.optim.base_lr}"),
             (self.augment.n_local >= 0, f"augment.n_local must be >= 0, got {self.augment.n_local}"),
+            (self.model.reg_tokens >= 0, f"model.reg_tokens must be 0 (none) or a token count, got {self.model.reg_tokens}"),
         ]
         for ok, message in checks:
             if not ok:
