@@ -126,8 +126,11 @@ def test_the_payload_is_live_when_unpickled_unsafely(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- exact resume
+# The reference and the killed run are separate processes: the timed `auto` choices (attention path, precision)
+# are pinned so both compute the same way (each run keeps its own choice across resumes in config.yaml).
 TRAIN_ARGS = ["--method", "hybrid", "--data", "synthetic:64", "--preset", "smoke", "--device", "cpu",
-              "--epochs", "4", "--max-steps", "16", "--save-every", "4", "--no-progress"]
+              "--epochs", "4", "--max-steps", "16", "--save-every", "4", "--no-progress",
+              "--precision", "fp32", "--set", "attention=explicit"]
 
 
 def start_train(*args: str, log: Path) -> subprocess.Popen:
