@@ -88,6 +88,21 @@ def test_a_killed_extraction_resumes_to_the_same_result_without_rewriting_a_shar
     assert strip(shard_bytes(out)) == strip(shard_bytes(one_process))
 
 
+def test_a_resumed_extraction_computes_in_the_precision_it_began_with(smoke_runs, tmp_path, monkeypatch):
+    from dinotwins.training import precision
+
+    model = load_model(smoke_runs["dino"])
+    data = load_dataset("synthetic:300", "train", image_size=model.image_size)
+    monkeypatch.setattr(precision, "_bf16_fast", True)  # the first part's timing: bf16 is the faster here
+    assert extract(model, data, tmp_path, shard_size=100, progress=False).precision == "bf16"
+    lost = shard_files(tmp_path, 1)["embeddings"]
+    before = lost.read_bytes()
+    lost.unlink()
+    monkeypatch.setattr(precision, "_bf16_fast", False)  # the resume's timing says fp32
+    assert extract(model, data, tmp_path, shard_size=100, progress=False).precision == "bf16"
+    assert lost.read_bytes() == before  # recomputed in bf16, as its neighbours were
+
+
 def test_a_folder_of_another_extraction_is_refused_in_one_line(smoke_runs, one_process):
     model = load_model(smoke_runs["barlow"])
     with pytest.raises(UserError, match="holds an extraction of dino"):

@@ -7,7 +7,8 @@ test compares one process with two). Resumable: a rerun of the same command keep
 (its files match their records and name this extraction) and computes the rest, so a killed extraction loses only
 the shards it was writing and no shard is written twice; a folder holding another model's or another data's
 extraction is refused. Embeddings are the evaluation's own (`features.embed_batch` on `eval_transform`), stored
-as float16. Progress: a bar with images/s on rank 0.
+as float16, computed in the precision the folder's manifest records (chosen when the extraction began), so a
+resume computes as its first part did. Progress: a bar with images/s on rank 0.
 
 What it is not: no index (collection/index.py), no app.
 """
@@ -38,7 +39,7 @@ def extract(model, dataset, out: Path, *, shard_size: int = SHARD_SIZE, batch_si
     """Write (or complete) the extraction of `dataset` under `model` into `out`; returns its manifest. Under
     torchrun, call it in every rank after `distributed.setup` (the model on the rank's device)."""
     from dinotwins.data.augment import eval_transform
-    from dinotwins.evaluation.features import PREPROCESSING_VERSION, embed_batch, normalization_of
+    from dinotwins.evaluation.features import PREPROCESSING_VERSION, embed_batch, feature_dtype, normalization_of
     from dinotwins.training import distributed, precision
 
     precision.agree_across_ranks()  # every rank embeds in rank 0's dtype, so shards match whatever the world size
@@ -48,7 +49,8 @@ def extract(model, dataset, out: Path, *, shard_size: int = SHARD_SIZE, batch_si
                           data=dataset.name, split=dataset.split, count=len(dataset), shard_size=shard_size,
                           dim=model.embed_dim, classes=list(dataset.classes) if dataset.classes else None,
                           preprocessing=PREPROCESSING_VERSION,
-                          model_path=str(Path(model_path).resolve()) if model_path else "")
+                          model_path=str(Path(model_path).resolve()) if model_path else "",
+                          precision="bf16" if feature_dtype(model) == torch.bfloat16 else "fp32")
     out = Path(out)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -64,6 +66,7 @@ def extract(model, dataset, out: Path, *, shard_size: int = SHARD_SIZE, batch_si
     mine = [k for k in range(manifest.shards) if k % info.world_size == info.rank]
     todo = [k for k in mine if shard_problem(out, manifest, k) is not None]
     mean, std = normalization_of(model)
+    compute = manifest.precision or "auto"  # the folder's own precision when it has begun (shards.Manifest)
     total = sum(len(manifest.rows(k)) for k in todo)
     with tqdm(total=total, unit="img", desc=f"extract {model.name} (rank {info.rank}/{info.world_size})",
               disable=not (progress and info.is_main), file=sys.stderr, dynamic_ncols=True) as bar:
@@ -73,7 +76,8 @@ def extract(model, dataset, out: Path, *, shard_size: int = SHARD_SIZE, batch_si
             for start in range(rows.start, rows.stop, batch_size):
                 indices = torch.arange(start, min(rows.stop, start + batch_size))
                 images = dataset.get_batch(indices).to(model.device)
-                parts.append(embed_batch(model, eval_transform(images, model.image_size, mean, std)))
+                parts.append(embed_batch(model, eval_transform(images, model.image_size, mean, std),
+                                         compute))
                 bar.update(len(indices))
             labels = (dataset.labels[rows.start:rows.stop].numpy() if dataset.labels is not None
                       else np.full(len(rows), -1, np.int64))

@@ -2,7 +2,8 @@
 
 Layout of an extraction folder DIR:
 - `collection.json`: the manifest: a random `extraction` id, the model (name, weights hash, input size, width, and
-  the path it was loaded from), the data spec and split, the image count, the shard size, the dtype (float16), the preprocessing version, the class
+    the path it was loaded from), the data spec and split, the image count, the shard size, the stored dtype
+  (float16), the precision the embeddings are computed in (bf16 or fp32), the preprocessing version, the class
   names;
 - per shard k, holding images [k * shard_size, (k + 1) * shard_size): `shard_0000k.npy` (float16 (n, D) CLS
   embeddings), `.ids.npy` (int64 (n,) image indices), `.labels.npy` (int64 (n,), -1 when unlabeled) and
@@ -44,6 +45,9 @@ class Manifest:
     format: int = FORMAT
     complete: bool = False
     model_path: str = ""  # where the model was loaded from, so the explorer can open it with the collection
+    # bf16 | fp32: what the first part timed (`precision.pick_precision`); every later part computes in it, so a
+    # resumed extraction is one computation even where a new timing would choose otherwise ("": not recorded)
+    precision: str = ""
 
     @property
     def shards(self) -> int:
@@ -56,7 +60,7 @@ class Manifest:
     def same_extraction(self, other: Manifest) -> bool:
         """Whether `other` describes the same job (everything but the id and completion)."""
         mine, theirs = asdict(self), asdict(other)
-        for key in ("extraction", "complete", "model_path"):
+        for key in ("extraction", "complete", "model_path", "precision"):
             mine.pop(key), theirs.pop(key)
         return mine == theirs
 

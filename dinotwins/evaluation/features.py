@@ -69,11 +69,12 @@ def compute_features(model, dataset: ImageDataset, *, batch_size: int = BATCH_SI
     return out
 
 
-def embed_batch(model, x: torch.Tensor) -> np.ndarray:
+def embed_batch(model, x: torch.Tensor, precision: str = "auto") -> np.ndarray:
     """float32 (B, D) CLS embeddings of preprocessed images x (B, 3, S, S), the one way every feature is taken
     (the evaluation's datasets, the app's gallery and its queries): under bf16 autocast where the device does bf16
-    fast (as in training: ~2.5x faster on this project's CPU, figures within bf16 rounding of fp32)."""
-    with torch.inference_mode(), feature_autocast(model):
+    fast (as in training: ~2.5x faster on this project's CPU, figures within bf16 rounding of fp32). `precision`
+    "bf16" or "fp32" overrides that choice (a resumed extraction keeps the one its first part made)."""
+    with torch.inference_mode(), feature_autocast(model, precision):
         # contiguous: the CLS row is a view into the (B, tokens, D) output, whose storage would otherwise stay
         # alive with every batch kept (13 MB per 256 images at 64 px: GBs over an extraction shard)
         return model.embed(x).float().contiguous().cpu().numpy()
@@ -93,14 +94,14 @@ def normalization_of(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(getattr(model, "mean", IMAGENET_MEAN)), tuple(getattr(model, "std", IMAGENET_STD))
 
 
-def feature_dtype(model) -> torch.dtype | None:
-    """The autocast dtype features are computed in (None: plain fp32)."""
-    return pick_precision("auto", torch.device(model.device))
+def feature_dtype(model, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype features are computed in (None: plain fp32); `precision` as `pick_precision` takes it."""
+    return pick_precision(precision, torch.device(model.device))
 
 
-def feature_autocast(model) -> torch.autocast:
+def feature_autocast(model, precision: str = "auto") -> torch.autocast:
     """The precision context every feature of `model` is computed under (`feature_dtype`; disabled for fp32)."""
-    dtype = feature_dtype(model)
+    dtype = feature_dtype(model, precision)
     return torch.autocast(model.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
