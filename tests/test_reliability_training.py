@@ -468,3 +468,16 @@ def test_resume_into_a_different_architecture_is_a_clear_error(smoke_runs, tmp_p
                                         r"resume with the run's own config\.yaml$"):
         Trainer(run_config(run, model={"embed_dim": 96}), run, resume=True, progress=False)
     assert snapshot(run / CHECKPOINT_DIR) == before
+
+
+def test_a_resume_in_another_precision_says_so_in_one_line(smoke_runs, tmp_path):
+    run = copy_run(smoke_runs["dino"], tmp_path / "run")
+    trained = "bf16" if bool(load_state(list_checkpoints(run / CHECKPOINT_DIR)[-1])["bf16"]) else "fp32"
+    other = "fp32" if trained == "bf16" else "bf16"
+    with pytest.warns(UserWarning, match=rf"^--resume: .*/run trained in {trained} up to step 4 and goes on in "
+                                         rf"{other} \(--precision {other} on this machine\); pass --precision "
+                                         rf"{trained} to keep {trained}$"):
+        Trainer(run_config(run, precision=other), run, resume=True, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Trainer(run_config(run, precision=trained), run, resume=True, progress=False).step == 4

@@ -249,7 +249,8 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- state I/O
     def state(self) -> dict[str, Any]:
         return {"step": torch.tensor(self.step), "modules": self.objective.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
+                "optimizer": self.optimizer.state_dict(),
+                "bf16": torch.tensor(self.autocast_dtype == torch.bfloat16)}  # the precision it trained in
 
     def save(self) -> None:
         if self.dist.is_main:
@@ -283,6 +284,18 @@ class Trainer:
         self.step = int(state["step"])
         if self.dist.is_main:
             self.log.truncate_after(self.step)
+            self._warn_on_precision_change(state.get("bf16"))
+
+    def _warn_on_precision_change(self, trained_bf16: torch.Tensor | None) -> None:
+        """A resume on another CPU kind (or whose `auto` timing chose otherwise) computes in another precision:
+        say so in one line, with the flag that keeps the old one. Checkpoints from before the record: silent."""
+        now = "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
+        if trained_bf16 is None or ("bf16" if bool(trained_bf16) else "fp32") == now:
+            return
+        was = "bf16" if now == "fp32" else "fp32"
+        warnings.warn(f"--resume: {self.out} trained in {was} up to step {self.step} and goes on in {now} "
+                      f"(--precision {self.cfg.precision} on this machine); pass --precision {was} to keep {was}",
+                      stacklevel=2)
 
     def _check_out_dir(self, resume: bool) -> None:
         """Refuse to touch an existing run unless resuming; nothing is created until the inputs proved good."""
