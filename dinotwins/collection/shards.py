@@ -2,7 +2,7 @@
 
 Layout of an extraction folder DIR:
 - `collection.json`: the manifest: a random `extraction` id, the model (name, weights hash, input size, width, and
-    the path it was loaded from), the data spec and split, the image count, the shard size, the stored dtype
+  the path it was loaded from), the data spec and split, the image count, the shard size, the stored dtype
   (float16), the precision the embeddings are computed in (bf16 or fp32), the preprocessing version, the class
   names;
 - per shard k, holding images [k * shard_size, (k + 1) * shard_size): `shard_0000k.npy` (float16 (n, D) CLS
