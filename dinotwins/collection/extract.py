@@ -50,7 +50,7 @@ def extract(model, dataset, out: Path, *, shard_size: int = SHARD_SIZE, batch_si
                           dim=model.embed_dim, classes=list(dataset.classes) if dataset.classes else None,
                           preprocessing=PREPROCESSING_VERSION,
                           model_path=str(Path(model_path).resolve()) if model_path else "",
-                          precision="bf16" if feature_dtype(model) == torch.bfloat16 else "fp32")
+                          precision=precision.precision_name(feature_dtype(model)))
     out = Path(out)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)

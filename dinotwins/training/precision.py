@@ -28,6 +28,11 @@ def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_bf16_is_fast() else None
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The `--precision` value that gives autocast dtype `dtype` (None: plain fp32): "bf16" or "fp32"."""
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
 _bf16_fast: bool | None = None  # this process's answer, once timed (or agreed with rank 0)
 
 

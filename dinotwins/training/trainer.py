@@ -289,10 +289,12 @@ class Trainer:
     def _warn_on_precision_change(self, trained_bf16: torch.Tensor | None) -> None:
         """A resume on another CPU kind (or whose `auto` timing chose otherwise) computes in another precision:
         say so in one line, with the flag that keeps the old one. Checkpoints from before the record: silent."""
-        now = "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
-        if trained_bf16 is None or ("bf16" if bool(trained_bf16) else "fp32") == now:
+        if trained_bf16 is None:
             return
-        was = "bf16" if now == "fp32" else "fp32"
+        was = precision.precision_name(torch.bfloat16 if bool(trained_bf16) else None)
+        now = precision.precision_name(self.autocast_dtype)
+        if was == now:
+            return
         warnings.warn(f"--resume: {self.out} trained in {was} up to step {self.step} and goes on in {now} "
                       f"(--precision {self.cfg.precision} on this machine); pass --precision {was} to keep {was}",
                       stacklevel=2)
