@@ -107,8 +107,9 @@ class Trainer:
         self.student_runner = torch.compile(student, dynamic=False) if cfg.compile else student
         teacher = self.objective.teacher
         self.teacher_runner = torch.compile(teacher, dynamic=False) if cfg.compile and teacher is not None else teacher
+        # fused: one kernel over all parameters, on a CPU too (14M parameters: 13 ms a step against foreach's 55)
         self.optimizer = torch.optim.AdamW(param_groups(self.objective.student), lr=0.0, betas=cfg.optim.betas,
-                                           **({"fused": True} if self.device.type == "cuda" else {"foreach": True}))
+                                           fused=True)
         self.multicrop = MultiCrop(cfg.augment)
         if cfg.packed_crops == "auto":  # measured once; config.yaml keeps the choice for a resumed run
             self.cfg = cfg = dataclasses.replace(cfg, packed_crops=self._packed_crops_measured())
