@@ -107,7 +107,7 @@ class Trainer:
         self.student_runner = torch.compile(student, dynamic=False) if cfg.compile else student
         teacher = self.objective.teacher
         self.teacher_runner = torch.compile(teacher, dynamic=False) if cfg.compile and teacher is not None else teacher
-        # fused: one kernel over all parameters, on a CPU too (14M parameters: 13 ms a step against foreach's 55)
+        # fused: one kernel over all parameters, on a CPU as on a GPU (the faster form on both)
         self.optimizer = torch.optim.AdamW(param_groups(self.objective.student), lr=0.0, betas=cfg.optim.betas,
                                            fused=True)
         self.multicrop = MultiCrop(cfg.augment)
