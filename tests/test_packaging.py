@@ -1,12 +1,14 @@
-"""pyproject.toml: the console scripts name real entry points, and the dependencies are requirements.txt's
-without the test tools (so `pip install .` gives the same environment as `make setup`, minus pytest)."""
+"""pyproject.toml: the console scripts name real entry points, the dependencies are requirements.txt's without
+the test tools (so `pip install .` gives the same environment as `make setup`, minus pytest), and its package data
+holds every shipped model file and preset (a plain `pip install .` has only what these globs match)."""
 
 import importlib
 import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PROJECT = PYPROJECT["project"]
 TEST_TOOLS = {"pytest", "playwright"}
 
 
@@ -22,3 +24,13 @@ def test_dependencies_are_the_requirements_without_the_test_tools():
     requirements = [line for line in lines if line and not line.startswith("#")]
     runtime = [r for r in requirements if not any(r.startswith(tool) for tool in TEST_TOOLS)]
     assert PROJECT["dependencies"] == runtime
+
+
+def test_package_data_holds_every_demo_model_file_and_preset():
+    globs = PYPROJECT["tool"]["setuptools"]["package-data"]
+    packaged = {path for package, patterns in globs.items() for pattern in patterns
+                for path in (ROOT / package.replace(".", "/")).glob(pattern) if path.is_file()}
+    shipped = {path for path in (ROOT / "assets").rglob("*") if path.is_file() and "__pycache__" not in path.parts}
+    shipped |= set((ROOT / "dinotwins" / "presets").glob("*.yaml"))
+    assert any(p.name == "model.safetensors" for p in shipped)
+    assert shipped - packaged == set()
