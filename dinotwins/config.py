@@ -58,7 +58,7 @@ class TrainConfig:
     # timed on one attention layer when the run starts (models/backbone.py). Same maths.
     attention: str = "auto"  # auto | fused | explicit
     # One backward per crop resolution (global crops, then local crops; under DDP the reverse) instead of one over
-    # the summed loss: the same gradients with one resolution's activations alive at a time (Objective.compute_gradients).
+    # the summed loss: the same gradients, one resolution's activations alive at a time (Objective.compute_gradients).
     backward_per_resolution: bool = True
     # DINOv2's sequence packing: all crops of an image in one sequence, one forward pass with a block-diagonal
     # attention mask (models/tokens.py); one joint backward. The same loss and gradients (tested), another speed.
