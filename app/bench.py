@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.models import open_models_and_gallery
     from app.tabs.attention import DEFAULT_SCALE, attention_view
     from app.tabs.embeddings import projection_figure
-    from app.tabs.patches import pca_view, similarity_view
+    from app.tabs.patches import pca_maps, pca_view, similarity_maps, similarity_view
     from app.tabs.retrieval import thumbnails
     from dinotwins.errors import UserError
 
@@ -104,10 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     per_model = [timed(lambda i=i: retrieve_one(i), args.repeats) for i in range(len(entries))]
     results["retrieval per model"] = {"median_s": max(r["median_s"] for r in per_model),
                                       "p90_s": max(r["p90_s"] for r in per_model)}
-    results["patch similarity (all models)"] = timed(
-        lambda: similarity_view(explorer, load_image(upload), 0.5, 0.4, DEFAULT_SCALE), args.repeats)
+    def patch_similarity() -> None:
+        picture = load_image(upload)
+        similarity_view(explorer, picture, similarity_maps(explorer, picture, 0.5, 0.4, DEFAULT_SCALE))
+
+    results["patch similarity (all models)"] = timed(patch_similarity, args.repeats)
     results["patch PCA (all models)"] = timed(
-        lambda: pca_view(explorer, load_image(upload), True, DEFAULT_SCALE), args.repeats)
+        lambda: pca_view(explorer, pca_maps(explorer, load_image(upload), True, DEFAULT_SCALE)), args.repeats)
 
     def cached_projection() -> None:
         fresh = Explorer(entries, gallery, cache, collections=collections)

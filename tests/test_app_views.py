@@ -1,6 +1,9 @@
 """The explorer's views beyond last-layer CLS attention, as plain functions: patch similarity, patch PCA,
 attention of any block, rollout, and attention over training time. Smoke-trained models, a synthetic gallery."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -48,6 +51,20 @@ def test_patch_similarity_handler_gives_a_row_per_model_and_refuses_bad_points(e
         patches.patch_similarity_handler(explorer, photo, 1.5, 0.5)
     with pytest.raises(UserError, match="no image"):
         patches.patch_similarity_handler(explorer, None)
+
+
+def test_patches_export_holds_both_views_and_the_numbers_behind_them(explorer, photo):
+    png, numbers = patches.patches_export(explorer, photo, 0.9, 0.1, True, 1.0)
+    values = json.loads(Path(numbers).read_text())
+    assert [m["model"] for m in values["similarity"]] == [m["model"] for m in values["pca"]] == explorer.labels
+    first = values["similarity"][0]
+    assert np.asarray(first["query"])[tuple(first["patch"])] == pytest.approx(1.0, abs=1e-4)  # the patch itself
+    rgb, foreground = np.asarray(values["pca"][0]["rgb"]), np.asarray(values["pca"][0]["foreground"])
+    assert rgb.shape[:3] == foreground.shape and len(rgb) == 1 + patches.PCA_NEIGHBOURS
+    assert (rgb[~foreground] == 0).all()
+    assert Image.open(png).height >= 2 * len(explorer.labels) * 128  # a similarity and a PCA row per model
+    with pytest.raises(UserError, match="fractions"):
+        patches.patches_export(explorer, photo, -0.1, 0.5)
 
 
 def test_pca_foreground_is_the_smaller_side_and_colours_are_in_range():
@@ -119,9 +136,21 @@ def test_attention_over_training_steps_through_the_saved_exports(run_with_export
         steps.steps_handler(explorer, ModelCache(), photo, "barlow", 1)
 
 
+def test_over_training_export_holds_the_maps_at_every_saved_step(run_with_exports, photo, tmp_path):
+    entries = ModelCache().entries([run_with_exports])
+    explorer = Explorer(entries, load_gallery("synthetic:256", 32)[0], ArtifactCache(tmp_path))
+    png, numbers = steps.steps_export(explorer, ModelCache(), photo, "dino", 1)
+    values = json.loads(Path(numbers).read_text())
+    assert values["shown_step"] == 2 and [s["step"] for s in values["steps"]] == [2, 4]
+    assert np.allclose(np.mean(values["steps"][0]["heads"], axis=(-2, -1)), 1.0, atol=1e-3)  # "x uniform" units
+    assert Image.open(png).width >= 2 * 128
+
+
 def test_a_model_without_exports_is_a_clear_error(explorer, photo):
     with pytest.raises(UserError, match="export-every"):
         steps.steps_handler(explorer, ModelCache(), photo)
+    with pytest.raises(UserError, match="export-every"):
+        steps.steps_export(explorer, ModelCache(), photo)
 
 
 def test_build_app_registers_every_view_as_an_endpoint(explorer, tmp_path):

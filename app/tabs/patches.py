@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from app import render
+from app import exports, render
 from app.images import read_query
 from app.tabs.attention import DEFAULT_SCALE, SCALES
 from app.tabs.base import TabContext, gradio_errors
@@ -99,11 +99,9 @@ def _marked(base: np.ndarray, grid: tuple[int, int], patch: tuple[int, int]) -> 
     return np.asarray(image)
 
 
-def similarity_view(explorer, picture: Image.Image, x: float, y: float, scale: float,
-                    query_index: int | None = None) -> tuple[list[Image.Image], Image.Image]:
+def similarity_view(explorer, picture: Image.Image, maps: list[dict[str, Any]]) -> tuple[list[Image.Image], Image.Image]:
     """(one row image per model: [query with the patch | similarity over it | top-1 neighbour | similarity over
-    it], the shared colour bar)."""
-    maps = similarity_maps(explorer, picture, x, y, scale, query_index)
+    it], the shared colour bar) of `similarity_maps`' maps."""
     vmax = max(max(float(m["query"].max()), float(m["neighbour"].max())) for m in maps)
     vmin = min(min(float(m["query"].min()), float(m["neighbour"].min())) for m in maps)
     query = _square(picture)
@@ -151,22 +149,32 @@ def _components(x: np.ndarray, k: int) -> np.ndarray:
     return np.pad(out, ((0, 0), (0, k - out.shape[1])))
 
 
-def pca_view(explorer, picture: Image.Image, with_neighbours: bool, scale: float,
-             query_index: int | None = None) -> list[Image.Image]:
-    """One row image per model: [input | its PCA picture | (the neighbours and theirs)]."""
+def pca_maps(explorer, picture: Image.Image, with_neighbours: bool, scale: float,
+             query_index: int | None = None) -> list[dict[str, Any]]:
+    """Per model: {'model', 'neighbour_indices' (the gallery images fitted with the query), 'images' (the query,
+    then those), 'rgb' (images, h, w, 3) in [0, 1], 'foreground' (images, h, w) bool}."""
     found = explorer.neighbours(None if query_index is not None else picture, PCA_NEIGHBOURS,
                                 query_index=query_index) if with_neighbours else []
     neighbour_ids = [[int(i) for i in r.indices] for r in found] or [[] for _ in explorer.entries]
-    rows, inputs, shown = [], {}, {}  # each image decoded and preprocessed once for all models
+    out, inputs, shown = [], {}, {}  # each image decoded and preprocessed once for all models
     for entry, ids in zip(explorer.entries, neighbour_ids):
         images = [picture] + [_image(explorer, i, shown) for i in ids]
         rgb, foreground = pca_rgb(tokens_of(entry.model, images, scale, inputs))
-        tiles = []
-        for k, image in enumerate(images):
-            caption = entry.label if k == 0 else f"#{ids[k - 1]} {explorer.gallery.label_name(ids[k - 1])}"
+        out.append({"model": entry.label, "neighbour_indices": ids, "images": images, "rgb": rgb,
+                    "foreground": foreground})
+    return out
+
+
+def pca_view(explorer, maps: list[dict[str, Any]]) -> list[Image.Image]:
+    """One row image per model of `pca_maps`' maps: [input | its PCA picture | (the neighbours and theirs)]."""
+    rows = []
+    for m in maps:
+        ids, tiles = m["neighbour_indices"], []
+        for k, image in enumerate(m["images"]):
+            caption = m["model"] if k == 0 else f"#{ids[k - 1]} {explorer.gallery.label_name(ids[k - 1])}"
             tiles.append((_square(image).astype(np.uint8), caption[:24]))
-            tiles.append(((render.upsample(rgb[k], render.TILE) * 255).astype(np.uint8),
-                          f"PCA · fg {foreground[k].mean():.0%}"))
+            tiles.append(((render.upsample(m["rgb"][k], render.TILE) * 255).astype(np.uint8),
+                          f"PCA · fg {m['foreground'][k].mean():.0%}"))
         rows.append(render.tile_row(tiles))
     return rows
 
@@ -185,10 +193,9 @@ def patch_similarity_handler(explorer, image: Any, x: float | None = 0.5, y: flo
                              scale: float | None = DEFAULT_SCALE, query_index: int | None = -1) -> list:
     """[one row image per model, the colour bar]; (x, y) in [0, 1] picks the patch (0, 0 = top left)."""
     picture, scale = _checked(image, scale)
-    x, y = float(0.5 if x is None else x), float(0.5 if y is None else y)
-    if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
-        raise UserError(f"x and y are fractions of the image's width and height in [0, 1], got ({x}, {y})")
-    rows, bar = similarity_view(explorer, picture, x, y, scale, _gallery_index(query_index))
+    x, y = _point(x, y)
+    maps = similarity_maps(explorer, picture, x, y, scale, _gallery_index(query_index))
+    rows, bar = similarity_view(explorer, picture, maps)
     return [*rows, bar]
 
 
@@ -196,7 +203,36 @@ def patch_pca_handler(explorer, image: Any, with_neighbours: bool | None = True,
                       scale: float | None = DEFAULT_SCALE, query_index: int | None = -1) -> list:
     """[one row image per model]."""
     picture, scale = _checked(image, scale)
-    return pca_view(explorer, picture, bool(with_neighbours), scale, _gallery_index(query_index))
+    return pca_view(explorer, pca_maps(explorer, picture, bool(with_neighbours), scale, _gallery_index(query_index)))
+
+
+def patches_export(explorer, image: Any, x: float | None = 0.5, y: float | None = 0.5,
+                   with_neighbours: bool | None = True, scale: float | None = DEFAULT_SCALE,
+                   query_index: int | None = -1) -> list[str]:
+    """[PNG of both views (the colour bar, the similarity rows, the PCA rows), JSON of the numbers behind them:
+    each model's similarity maps and its PCA colours and foreground per image] as file paths."""
+    picture, scale = _checked(image, scale)
+    x, y = _point(x, y)
+    index = _gallery_index(query_index)
+    similarity = similarity_maps(explorer, picture, x, y, scale, index)
+    pca = pca_maps(explorer, picture, bool(with_neighbours), scale, index)
+    rows, bar = similarity_view(explorer, picture, similarity)
+    folder = exports.export_folder()
+    picture_path = exports.write_png(folder, "patches", render.stack([bar, *rows, *pca_view(explorer, pca)]))
+    numbers = {"scale": scale, "point": [x, y], "query_index": index, "units": "cosine similarity",
+               "similarity": [{"model": m["model"], "patch": list(m["patch"]),
+                               "query": m["query"].round(5).tolist(), "neighbour_index": m["neighbour_index"],
+                               "neighbour": m["neighbour"].round(5).tolist()} for m in similarity],
+               "pca": [{"model": m["model"], "neighbour_indices": m["neighbour_indices"],
+                        "rgb": m["rgb"].round(4).tolist(), "foreground": m["foreground"].tolist()} for m in pca]}
+    return [picture_path, exports.write_json(folder, "patches", numbers)]
+
+
+def _point(x: float | None, y: float | None) -> tuple[float, float]:
+    x, y = float(0.5 if x is None else x), float(0.5 if y is None else y)
+    if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+        raise UserError(f"x and y are fractions of the image's width and height in [0, 1], got ({x}, {y})")
+    return x, y
 
 
 def _gallery_index(query_index: int | None) -> int | None:
@@ -265,6 +301,9 @@ def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
                 "three components of the foreground tokens.")
     pca_rows = [gr.Image(label=e.label, interactive=False, format="png", elem_id=f"pca-row-{i}")
                 for i, e in enumerate(ctx.entries)]
+    with gr.Row():
+        export_button = gr.Button("Export both views (PNG + JSON)", size="sm")
+        files = gr.File(label="Downloads", file_count="multiple", interactive=False, height=80)
 
     similarity_io = dict(fn=patch_similarity, inputs=[ctx.query, x, y, scale, ctx.query_index],
                          outputs=[*similarity_rows, bar], preprocess=False)
@@ -272,6 +311,9 @@ def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
                   preprocess=False)
     gr.on([similarity_button.click], api_name="patch_similarity", **similarity_io)
     gr.on([pca_button.click, with_neighbours.input], api_name="patch_pca", **pca_io)
+    export_button.click(gradio_errors(lambda *values: patches_export(explorer, *values)),
+                        [ctx.query, x, y, with_neighbours, scale, ctx.query_index], files, preprocess=False,
+                        api_visibility="private")
     click.select(clicked, [ctx.query, scale, ctx.query_index], [x, y, *similarity_rows, bar], preprocess=False,
                  api_visibility="private")
     return [dict(fn=show_query, inputs=[ctx.query], outputs=[click], preprocess=False)]

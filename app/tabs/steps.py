@@ -3,7 +3,8 @@
 For a run trained with `--export-every N` (its weights kept as `exports/step_XXXXXXXX.safetensors`, beside the final
 `model.safetensors`), a slider over the saved steps shows the Attention tab's row (input, every head, the mean,
 the mask) at that step, and a strip of the mean map at every saved step on one colour scale. Models without
-exports (a single weights file) are listed as such. API: `/attention_steps` (image, model, step).
+exports (a single weights file) are listed as such. API: `/attention_steps` (image, model, step). The export
+button writes the row and the strip as PNG and the maps at every saved step as JSON.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from app import render
+from app import exports, render
 from app.images import read_query
 from app.models import ModelCache, ModelEntry
-from app.tabs.attention import DEFAULT_KEEP_MASS, compute_maps, render_row, shared_scale
+from app.tabs.attention import DEFAULT_KEEP_MASS, AttentionMaps, compute_maps, render_row, shared_scale
 from app.tabs.base import TabContext, gradio_errors
 from dinotwins.errors import UserError
 from dinotwins.models.export import EXPORTS_DIR
@@ -40,27 +41,55 @@ def saved_steps(entry: ModelEntry) -> list[tuple[int, Path]]:
     return found
 
 
-def steps_view(cache: ModelCache, entry: ModelEntry, image: Image.Image, step: int | None
-               ) -> tuple[Image.Image, Image.Image, int]:
-    """(the Attention tab's row at the saved step nearest `step` (None: the last), a strip of the mean map at
-    every saved step, the step shown)."""
+def steps_maps(cache: ModelCache, entry: ModelEntry, image: Image.Image, step: int | None
+               ) -> tuple[list[int], list[AttentionMaps], int]:
+    """(the saved steps, the Attention tab's maps at each, the saved step nearest `step` (None: the last))."""
     saved = saved_steps(entry)
     if not saved:
         raise UserError(f"{entry.label} has no exports/ beside its weights; train with --export-every N to keep "
                         f"its weights along the way")
     chosen = saved[-1] if step is None or step < 0 else min(saved, key=lambda s: abs(s[0] - step))
     models = [ModelEntry(f"step {s}", p, cache.get(p)[1]) for s, p in saved]
-    maps = compute_maps(models, image, DEFAULT_KEEP_MASS)
+    return [s for s, _ in saved], compute_maps(models, image, DEFAULT_KEEP_MASS), chosen[0]
+
+
+def steps_view(steps: list[int], maps: list[AttentionMaps], chosen: int) -> tuple[Image.Image, Image.Image]:
+    """(the Attention tab's row at step `chosen`, a strip of the mean map at every saved step) on one scale."""
     vmin, vmax = shared_scale(maps)
-    shown = maps[[s for s, _ in saved].index(chosen[0])]
+    shown = maps[steps.index(chosen)]
     base = np.asarray(maps[0].image.resize((render.TILE, render.TILE), Image.Resampling.BICUBIC), dtype=np.float32)
     strip = render.tile_row([(render.overlay(base, m.mean, vmin, vmax), f"{m.model} · mean") for m in maps])
-    return render_row(shown, vmin, vmax), strip, chosen[0]
+    return render_row(shown, vmin, vmax), strip
 
 
 def steps_handler(explorer, cache: ModelCache, image: Any, model: str | None = None,
                   step: int | None = -1) -> list:
     """[the row at the chosen step, the strip of every saved step, a line naming the step shown]."""
+    entry, picture = _checked(explorer, image, model)
+    steps, maps, shown = steps_maps(cache, entry, picture, None if step is None else int(step))
+    row, strip = steps_view(steps, maps, shown)
+    return [row, strip, f"**{entry.label}** at step {shown} (saved: {', '.join(str(s) for s in steps)})"]
+
+
+def steps_export(explorer, cache: ModelCache, image: Any, model: str | None = None,
+                 step: int | None = -1) -> list[str]:
+    """[PNG of the row at the chosen step above the strip of every saved step, JSON of the maps at every saved
+    step] as file paths."""
+    entry, picture = _checked(explorer, image, model)
+    steps, maps, shown = steps_maps(cache, entry, picture, None if step is None else int(step))
+    row, strip = steps_view(steps, maps, shown)
+    folder = exports.export_folder()
+    numbers = {"model": entry.label, "shown_step": shown, "keep_mass": DEFAULT_KEEP_MASS,
+               "units": "x uniform attention (1 = every patch equal)",
+               "steps": [{"step": s, "heads": m.heads.round(5).tolist(), "mean": m.mean.round(5).tolist(),
+                          "mask": m.mask.tolist(), "head_entropy_bits": m.head_entropy.round(4).tolist(),
+                          "mean_entropy_bits": round(m.mean_entropy, 4)} for s, m in zip(steps, maps)]}
+    return [exports.write_png(folder, "attention_steps", render.stack([row, strip])),
+            exports.write_json(folder, "attention_steps", numbers)]
+
+
+def _checked(explorer, image: Any, model: str | None) -> tuple[ModelEntry, Image.Image]:
+    """(the model with exports named `model`, None: the first; the query) or a UserError naming the problem."""
     picture = read_query(image)
     if picture is None:
         raise UserError("no image: upload one or click an example")
@@ -70,8 +99,7 @@ def steps_handler(explorer, cache: ModelCache, image: Any, model: str | None = N
     entry = next((e for e in with_exports if e.label == model), None) if model else with_exports[0]
     if entry is None:
         raise UserError(f"unknown model {model!r}; use one of {', '.join(e.label for e in with_exports)}")
-    row, strip, shown = steps_view(cache, entry, picture, None if step is None else int(step))
-    return [row, strip, f"**{entry.label}** at step {shown} (saved: {', '.join(str(s) for s, _ in saved_steps(entry))})"]
+    return entry, picture
 
 
 def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
@@ -104,6 +132,11 @@ def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
     row = gr.Image(label="Attention at this step", interactive=False, format="png", elem_id="steps-row")
     strip = gr.Image(label="Mean attention at every saved step (one colour scale)", interactive=False, format="png",
                      elem_id="steps-strip")
+    with gr.Row():
+        export_button = gr.Button("Export these maps (PNG + JSON)", size="sm")
+        files = gr.File(label="Downloads", file_count="multiple", interactive=False, height=80)
     io = dict(fn=attention_steps, inputs=[ctx.query, model, step], outputs=[row, strip, shown], preprocess=False)
     gr.on([model.input, step.release], api_name="attention_steps", **io)
+    export_button.click(gradio_errors(lambda *values: steps_export(ctx.explorer, cache, *values)),
+                        [ctx.query, model, step], files, preprocess=False, api_visibility="private")
     return [io] if with_exports else []
