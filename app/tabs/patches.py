@@ -13,7 +13,8 @@ Tokens come from `LoadedModel.patch_tokens` (after the final norm) with the mode
 training size, as in the Attention tab, in the dtype the embeddings are computed in (`feature_dtype`: bf16
 autocast where the CPU does bf16 fast, `feature_autocast`; tokens within 1e-5 cosine of fp32's on the demo
 models). The click is a point in [0, 1]^2 of the square query, so models with different patch grids each take
-their own patch under it.
+their own patch under it. The export button writes both views as one PNG and their numbers (every similarity map,
+every PCA picture's colours and foreground) as JSON.
 """
 
 from __future__ import annotations
