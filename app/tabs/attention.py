@@ -54,6 +54,12 @@ class AttentionMaps:
     def max_entropy(self) -> float:
         return float(np.log2(self.mean.size))
 
+    def numbers(self) -> dict:
+        """The maps behind a picture, as an export's JSON holds them."""
+        return {"heads": self.heads.round(5).tolist(), "mean": self.mean.round(5).tolist(),
+                "mask": self.mask.tolist(), "head_entropy_bits": self.head_entropy.round(4).tolist(),
+                "mean_entropy_bits": round(self.mean_entropy, 4)}
+
 
 def entropy_bits(weights: np.ndarray) -> np.ndarray:
     """Shannon entropy (bits) of attention maps (..., h, w), each normalized to sum 1 first."""
@@ -158,10 +164,7 @@ def attention_export(explorer, image: Any, keep_mass: float | None = DEFAULT_KEE
     picture_path = exports.write_png(folder, "attention", render.stack(
         [render.colorbar(vmin, vmax), *[render_row(m, vmin, vmax) for m in maps]]))
     numbers = {"keep_mass": keep, "scale": scale, "layer": _layer(layer) or "last", "units": "x uniform attention (1 = every patch equal)",
-               "models": [{"model": m.model, "input_size": m.image.width, "heads": m.heads.round(5).tolist(),
-                           "mean": m.mean.round(5).tolist(), "mask": m.mask.tolist(),
-                           "head_entropy_bits": m.head_entropy.round(4).tolist(),
-                           "mean_entropy_bits": round(m.mean_entropy, 4)} for m in maps]}
+               "models": [{"model": m.model, "input_size": m.image.width, **m.numbers()} for m in maps]}
     return [picture_path, exports.write_json(folder, "attention", numbers)]
 
 

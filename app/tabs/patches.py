@@ -100,7 +100,8 @@ def _marked(base: np.ndarray, grid: tuple[int, int], patch: tuple[int, int]) -> 
     return np.asarray(image)
 
 
-def similarity_view(explorer, picture: Image.Image, maps: list[dict[str, Any]]) -> tuple[list[Image.Image], Image.Image]:
+def similarity_view(explorer, picture: Image.Image, maps: list[dict[str, Any]]
+                    ) -> tuple[list[Image.Image], Image.Image]:
     """(one row image per model: [query with the patch | similarity over it | top-1 neighbour | similarity over
     it], the shared colour bar) of `similarity_maps`' maps."""
     vmax = max(max(float(m["query"].max()), float(m["neighbour"].max())) for m in maps)

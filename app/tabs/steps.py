@@ -81,9 +81,7 @@ def steps_export(explorer, cache: ModelCache, image: Any, model: str | None = No
     folder = exports.export_folder()
     numbers = {"model": entry.label, "shown_step": shown, "keep_mass": DEFAULT_KEEP_MASS,
                "units": "x uniform attention (1 = every patch equal)",
-               "steps": [{"step": s, "heads": m.heads.round(5).tolist(), "mean": m.mean.round(5).tolist(),
-                          "mask": m.mask.tolist(), "head_entropy_bits": m.head_entropy.round(4).tolist(),
-                          "mean_entropy_bits": round(m.mean_entropy, 4)} for s, m in zip(steps, maps)]}
+               "steps": [{"step": s, **m.numbers()} for s, m in zip(steps, maps)]}
     return [exports.write_png(folder, "attention_steps", render.stack([row, strip])),
             exports.write_json(folder, "attention_steps", numbers)]
 
