@@ -4,6 +4,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import time
 
 import pytest
 import torch
@@ -63,6 +64,23 @@ def test_auto_attention_is_explicit_for_a_compiled_model_on_cpu_and_fused_on_cud
     assert fused_attention_for("auto", torch.device("cpu"), model, compiled=True) is False
     assert fused_attention_for("auto", torch.device("cuda"), model, compiled=True) is True
     assert fused_attention_for("fused", torch.device("cpu"), model, compiled=True) is True
+
+
+def test_auto_attention_timing_alternates_the_paths_so_a_passing_load_does_not_pick_the_slower_one():
+    """A load during the first three timed calls (then gone) must not decide: timed one path after the other, the
+    fused path would carry the whole load and lose; alternated, each path gets an unloaded trial."""
+    model = create_backbone(TINY)
+    attn = model.blocks[-1].attn
+    forward, calls = attn.forward, []
+
+    def loaded_forward(x, *args, **kwargs):
+        calls.append(attn.fused_attn)
+        time.sleep((0.2 if len(calls) <= 3 else 0.0) + (0.0 if attn.fused_attn else 0.05))  # explicit: slower
+        return forward(x, *args, **kwargs)
+
+    attn.forward = loaded_forward
+    assert fused_attention_for("auto", torch.device("cpu"), model, tokens=5, batch=3) is True
+    assert calls == [True, False] * 3
 
 
 @pytest.mark.parametrize("method", METHODS)
