@@ -7,8 +7,9 @@ update, which needs a process group: a one-process gloo group is started), backw
 `cancel_gradients_last_layer`, torch's AdamW on its `get_params_groups`, and its EMA loop over the parameters. The
 backbone is its `VisionTransformer` at the benchmark's shape (depth, width, heads, patch, image size), with its
 `DINOHead` at K prototypes; the crops are made once by our multi-crop (the official augmentation runs in data
-loader workers, outside the step). Precision: fp32, the official code's path on a CPU (its fp16 autocast is
-CUDA's), or with `bf16` the same step under torch's CPU bf16 autocast.
+loader workers, outside the step). Precision: on a CPU fp32, the official code's path there (its fp16 autocast is
+CUDA's), or with `bf16` the same step under torch's CPU bf16 autocast; on a GPU its default, fp16 autocast with
+its loss scaler (`--use_fp16 true`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from torch import nn
 from dinotwins.errors import UserError
 
 
-def official_step(repo: Path, cfg, bf16: bool = False) -> Callable[[], None]:
-    """One call = one official training step at `cfg`'s shape (a TrainConfig), built from the clone at `repo`."""
+def official_step(repo: Path, cfg, bf16: bool = False, device: torch.device | None = None) -> Callable[[], None]:
+    """One call = one official training step at `cfg`'s shape (a TrainConfig), built from the clone at `repo`, on
+    `device` (default the CPU)."""
     repo = Path(repo).expanduser().resolve()
     if not (repo / "main_dino.py").is_file() or not (repo / "vision_transformer.py").is_file():
         raise UserError(f"{repo} is not a clone of facebookresearch/dino (no main_dino.py); git clone it and pass its "
@@ -39,7 +41,9 @@ def official_step(repo: Path, cfg, bf16: bool = False) -> Callable[[], None]:
 
     import torch.distributed as dist
 
-    if not dist.is_initialized():  # its DINOLoss all-reduces the center
+    device = device or torch.device("cpu")
+    cuda = device.type == "cuda"
+    if not dist.is_initialized():  # its DINOLoss all-reduces the center (gloo reduces CUDA tensors too)
         store = Path(tempfile.mkdtemp()) / "store"
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     model, dino, aug = cfg.model, cfg.objectives["dino"], cfg.augment
@@ -54,28 +58,39 @@ def official_step(repo: Path, cfg, bf16: bool = False) -> Callable[[], None]:
         return utils.MultiCropWrapper(backbone, head)
 
     torch.manual_seed(0)
-    student, teacher = network(model.drop_path_rate), network(0.0)
+    student, teacher = network(model.drop_path_rate).to(device), network(0.0).to(device)
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
     ncrops = 2 + aug.n_local
-    dino_loss = main_dino.DINOLoss(dino.out_dim, ncrops, dino.warmup_teacher_temp, dino.teacher_temp, 1, 2)
+    dino_loss = main_dino.DINOLoss(dino.out_dim, ncrops, dino.warmup_teacher_temp, dino.teacher_temp, 1, 2).to(device)
     optimizer = torch.optim.AdamW(utils.get_params_groups(student))
+    scaler = torch.amp.GradScaler("cuda") if cuda else None  # main_dino's fp16_scaler
     from dinotwins.data.augment import MultiCrop
 
     images = torch.randint(0, 256, (cfg.batch_size, 3, model.image_size, model.image_size), dtype=torch.uint8)
-    global_views, local_views = MultiCrop(aug)(images, torch.Generator().manual_seed(0))
+    global_views, local_views = MultiCrop(aug)(images.to(device), torch.Generator().manual_seed(0))
     crops = global_views + local_views
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.float16 if cuda else torch.bfloat16, enabled=cuda or bf16):
             teacher_output = teacher(crops[:2])
             student_output = student(crops)
-            loss = dino_loss(student_output.float(), teacher_output.float(), 0)
+            if not cuda:  # as the CPU measurements always ran; main_dino passes the autocast outputs as they are
+                student_output, teacher_output = student_output.float(), teacher_output.float()
+            loss = dino_loss(student_output, teacher_output, 0)
         optimizer.zero_grad()
-        loss.backward()
-        utils.clip_gradients(student, cfg.optim.clip_grad)
-        utils.cancel_gradients_last_layer(1, student, 0)
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            utils.clip_gradients(student, cfg.optim.clip_grad)
+            utils.cancel_gradients_last_layer(1, student, 0)
+            optimizer.step()
+        else:  # main_dino's fp16 path
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            utils.clip_gradients(student, cfg.optim.clip_grad)
+            utils.cancel_gradients_last_layer(1, student, 0)
+            scaler.step(optimizer)
+            scaler.update()
         with torch.no_grad():
             m = 0.996
             for param_q, param_k in zip(student.parameters(), teacher.parameters()):

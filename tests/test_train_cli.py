@@ -128,7 +128,7 @@ def test_set_reads_exponent_numbers_that_yaml_leaves_as_strings():
     assert cfg.optim.base_lr == 1e-3 and cfg.optim.min_lr == 2e-6
 
 
-@pytest.mark.parametrize("preset", ["default", "demo", "cpu", "smoke", "scenes", "bench"])
+@pytest.mark.parametrize("preset", ["default", "demo", "cpu", "smoke", "scenes", "bench", "bench-gpu"])
 @pytest.mark.parametrize("method", METHODS)
 def test_every_shipped_preset_resolves_to_a_valid_config(preset, method):
     from dinotwins.config import available_presets, build_config, load_preset, merge
