@@ -7,7 +7,7 @@ torch.utils.flop_counter over one step), achieved TFLOP/s, the peak TFLOP/s of a
 and dtype (measured after every timed step, so a shared machine's drift moves both alike), MFU = achieved / peak
 (the median over steps of each step's own ratio), peak memory, and the matmul ceiling: the step's matrix products
 timed alone at their own shapes (bench_ceiling.py), the fraction of the limit the step would reach if nothing else
-in it took time.
+in it took time; on a GPU also `device_syncs_per_step`, how often one step makes the host wait for the device.
 
 What runs is a run's config, set as for train.py: `--preset` (default `bench`, the issue's CPU configuration;
 dinotwins/presets/bench.yaml), `--method` and `--set key=value`, e.g. `--set precision=fp32 --set attention=fused`,
@@ -171,6 +171,7 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         step_s = sum(seconds["ours"]) / steps
         ceiling = matmul_ceiling(products.counts, device, step_s,
                                  lambda: max(peak_matmul_tflops(device, dt, trials=1) for dt in peak_dtypes))
+        syncs = {name: count_device_syncs(run) for name, run in sides.items()} if device.type == "cuda" else {}
         for name, run in sides.items() if profile_rows else ():
             print_profile(run, steps, profile_rows, f"{name} ({cfg.method}, {dtype})" if name == "ours" else name)
     # Each round's fraction: its step's FLOP rate over that round's peak; the median over rounds is reported.
@@ -203,10 +204,28 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         **(cpu_description() if device.type == "cpu" else {}),
         "peak_rss_mb" if device.type == "cpu" else "peak_gpu_mem_mb": round(peak_mem, 1),
     }
+    for name, count in syncs.items():  # how often one step makes the host wait for the GPU
+        result["device_syncs_per_step" if name == "ours" else f"{name}_device_syncs_per_step"] = count
     for name in rivals:
         result[f"{name}_img_per_s"] = round(batch * steps / sum(seconds[name]), 2)
         result[f"speedup_over_{name}"] = round(sum(seconds[name]) / sum(seconds["ours"]), 3)
     return result
+
+
+def count_device_syncs(step: Callable[[], None]) -> int:
+    """How many times one call of `step` makes the host wait for the GPU (reads of device values, copies from
+    pageable host memory, explicit synchronizations), counted by torch's CUDA sync debug mode."""
+    import warnings
+
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def official_rivals(repo: Path, cfg: TrainConfig) -> tuple[dict[str, Callable[[], None]], dict[str, str]]:

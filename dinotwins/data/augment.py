@@ -41,6 +41,7 @@ from torch import Tensor
 
 from dinotwins.data.augment_config import AugmentConfig
 from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD
+from dinotwins.transfer import constant, to_device
 
 
 # Columns of the per-image parameter table made by `sample_view_params` (booleans are 0.0 / 1.0).
@@ -84,7 +85,7 @@ class MultiCrop:
         downscale = int(min(width * float(table[:, BOX_W].min()), height * float(table[:, BOX_H].min())) // size)
         radius = blur_radius(table[:, SIGMA])
         runs = {column: bool(table[:, column].any()) for column in (JITTER, GRAY, BLUR, SOLARIZE)}
-        table = table.to(x.device)
+        table = to_device(table, x.device)
 
         def chosen(column: int) -> Tensor:
             return table[:, column] > 0.5
@@ -194,6 +195,8 @@ def color_jitter(x: Tensor, factors: Tensor, hue_shift: Tensor) -> Tensor:
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
                            dtype=torch.float64)
 _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+_MATRICES = {name: tuple(map(tuple, matrix.tolist()))  # hashable, for `constant`
+             for name, matrix in (("rgb_to_yiq", _RGB_TO_YIQ), ("yiq_to_rgb", _YIQ_TO_RGB))}
 
 
 def rotate_hue(x: Tensor, shift: Tensor) -> Tensor:
@@ -202,7 +205,8 @@ def rotate_hue(x: Tensor, shift: Tensor) -> Tensor:
     cos, sin = torch.cos(angle), torch.sin(angle)
     zero, one = torch.zeros_like(angle), torch.ones_like(angle)
     rotation = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], dim=1).view(-1, 3, 3)
-    matrix = (_YIQ_TO_RGB.to(x.device) @ rotation @ _RGB_TO_YIQ.to(x.device)).to(x.dtype)  # (B, 3, 3)
+    to_rgb, to_yiq = (constant(_MATRICES[name], x.device, torch.float64) for name in ("yiq_to_rgb", "rgb_to_yiq"))
+    matrix = (to_rgb @ rotation @ to_yiq).to(x.dtype)  # (B, 3, 3)
     return torch.einsum("bij,bjhw->bihw", matrix, x).clamp(0, 1)
 
 
@@ -234,8 +238,8 @@ def solarize(x: Tensor, threshold: float = 0.5) -> Tensor:
 
 def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """(x - mean) / std per channel, x (B, 3, H, W)."""
-    mean_t = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    mean_t = constant(tuple(mean), x.device, x.dtype).view(1, -1, 1, 1)
+    std_t = constant(tuple(std), x.device, x.dtype).view(1, -1, 1, 1)
     return (x - mean_t) / std_t
 
 

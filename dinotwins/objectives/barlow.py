@@ -79,7 +79,7 @@ class BarlowTwins(Objective):
         return cls(cfg.model, cfg.objectives["barlow"])
 
     def loss_parts(self, out: dict[str, Tensor], n_views: int, first_view: int, is_global: bool, targets: None,
-                   distributed: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
+                   distributed: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         return barlow_terms(out["projector"], self.barlow_cfg.lambd, distributed)
 
     def combine(self, parts: dict[str, Tensor]) -> Tensor:
@@ -90,12 +90,13 @@ class BarlowTwins(Objective):
         return barlow_collapse_bands()
 
 
-def barlow_terms(projected: Tensor, lambd: float, distributed: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
+def barlow_terms(projected: Tensor, lambd: float, distributed: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """({"barlow": loss}, signals) of the projector's output on the two global crops, (2B, D)."""
     z1, z2 = projected.float().chunk(2)
     on_diag, off_diag = barlow_twins_terms(z1, z2, distributed)
-    signals = {"barlow_on_diag": on_diag.item(), "barlow_off_diag": off_diag.item(),
-               "barlow_diag_rms_error": math.sqrt(on_diag.item() / z1.shape[1])}  # rms of 1 - C_ii
+    on, off = on_diag.detach(), off_diag.detach()  # logged as tensors: read once per step, with the loss
+    signals = {"barlow_on_diag": on, "barlow_off_diag": off,
+               "barlow_diag_rms_error": (on / z1.shape[1]).sqrt()}  # rms of 1 - C_ii
     return {"barlow": on_diag + lambd * off_diag}, signals
 
 

@@ -8,7 +8,8 @@ module of its own so the trainer can wrap it in DDP or torch.compile.
 The trainer drives it through these calls and never asks which method it runs:
 - `step_values(step, length)`: the method's schedules at this step (DINO: teacher momentum and temperature),
   logged and handed back to the calls below;
-- `compute_gradients(...)`: forward and backward of the loss, returning it with the signals to log;
+- `compute_gradients(...)`: forward and backward of the loss, returning it with the signals to log (0-d tensors,
+  left on the device: the trainer reads them with the loss in one transfer, so a GPU is waited for once a step);
 - `before_optimizer_step(step, length)` (DINO: the last layer's first-epoch freeze) and
   `after_optimizer_step(values)` (DINO: the EMA teacher update);
 - `collapse_bands(cfg)`: the method's collapse zones of logged columns (a classmethod: the explorer reads them from a
@@ -149,7 +150,7 @@ class Objective(nn.Module):
         return None
 
     def loss_parts(self, out: dict[str, Tensor], n_views: int, first_view: int, is_global: bool, targets: Any,
-                   distributed: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
+                   distributed: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(loss terms, signals) of one resolution's student outputs; its views are `first_view` onwards."""
         raise NotImplementedError
 
@@ -157,7 +158,7 @@ class Objective(nn.Module):
         """The loss from its terms (over all views, or over one resolution's share of them)."""
         raise NotImplementedError
 
-    def finish_step(self, sums: dict[str, Tensor], targets: Any) -> dict[str, float]:
+    def finish_step(self, sums: dict[str, Tensor], targets: Any) -> dict[str, Tensor]:
         """After the backward: signals from the whole step's terms, and state updated from its forward."""
         return {}
 
@@ -165,7 +166,7 @@ class Objective(nn.Module):
                           values: Mapping[str, float], *, distributed: bool = False, teacher: nn.Module | None = None,
                           autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
                           no_sync: Callable[[], AbstractContextManager] | None = None,
-                          per_resolution: bool = True, packed: bool = False) -> tuple[Tensor, dict[str, float]]:
+                          per_resolution: bool = True, packed: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         """Forward and backward of the loss: leaves the gradients in the student's `.grad` (accumulated, so zero
         them first) and returns the loss (detached) with the logged signals.
 
@@ -192,7 +193,7 @@ class Objective(nn.Module):
         groups = [(global_views, 0, True)]  # (views, index of their first view, is_global)
         if locals_seen:
             groups.insert(0 if no_sync is not None else 1, (locals_seen, len(global_views), False))
-        logs: dict[str, float] = {}
+        logs: dict[str, Tensor] = {}
         sums: dict[str, Tensor] = {}  # each loss term summed over the groups
         for index, (views, first_view, is_global) in enumerate(groups):
             last = index == len(groups) - 1  # under DDP, the synchronized backward
@@ -217,9 +218,9 @@ class Objective(nn.Module):
 
     def _packed_gradients(self, student: nn.Module, global_views: list[Tensor], local_views: list[Tensor],
                           masks: Tensor | None, targets: Any, distributed: bool,
-                          autocast: Callable[[], AbstractContextManager]) -> tuple[Tensor, dict[str, float]]:
+                          autocast: Callable[[], AbstractContextManager]) -> tuple[Tensor, dict[str, Tensor]]:
         """`compute_gradients` with every crop in one packed forward pass, then one backward."""
-        logs: dict[str, float] = {}
+        logs: dict[str, Tensor] = {}
         sums: dict[str, Tensor] = {}
         with autocast():
             outs = student(global_views, masks=masks, select=masks, packed_locals=local_views)
@@ -238,6 +239,7 @@ class Objective(nn.Module):
         return total.detach(), logs
 
 
-def normalized_std(feats: Tensor) -> float:
-    """Mean per-dimension std of L2-normalized embeddings: about 1/sqrt(D) when healthy, 0 when collapsed."""
-    return F.normalize(feats.float(), dim=-1).std(dim=0).mean().item()
+def normalized_std(feats: Tensor) -> Tensor:
+    """Mean per-dimension std of L2-normalized embeddings: about 1/sqrt(D) when healthy, 0 when collapsed (a 0-d
+    tensor: the step reads its signals from the device once, at its end)."""
+    return F.normalize(feats.float(), dim=-1).std(dim=0).mean()

@@ -89,7 +89,7 @@ class Center(nn.Module):
     def update(self, teacher_out: list[Tensor]) -> None:
         batch = torch.cat(teacher_out).float()
         total = batch.sum(dim=0, keepdim=True)
-        count = torch.tensor(float(batch.shape[0]), device=batch.device)
+        count = torch.full((), float(batch.shape[0]), device=batch.device)  # a fill, not a copy from the host
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
             dist.all_reduce(count)
@@ -199,7 +199,7 @@ class DINO(Objective):
         return targets
 
     def loss_parts(self, out: dict[str, Tensor], n_views: int, first_view: int, is_global: bool,
-                   targets: TeacherTargets, distributed: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
+                   targets: TeacherTargets, distributed: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         logits = list(out["dino_head"].float().chunk(n_views))
         dino = dino_cross_entropy_sum(logits, targets.probs, self.dino_cfg.student_temp, first_view)
         parts = {"dino": dino / targets.n_pairs}
@@ -220,9 +220,9 @@ class DINO(Objective):
             loss = loss + self.ibot_cfg.weight * parts["ibot"]
         return loss
 
-    def finish_step(self, sums: dict[str, Tensor], targets: TeacherTargets) -> dict[str, float]:
+    def finish_step(self, sums: dict[str, Tensor], targets: TeacherTargets) -> dict[str, Tensor]:
         logs = teacher_signals(targets.probs, sums["dino"])
-        logs.update({f"loss_{name}": sums[name].item() for name in ("koleo", "ibot") if name in sums})
+        logs.update({f"loss_{name}": sums[name].detach() for name in ("koleo", "ibot") if name in sums})
         if self.dino_cfg.centering == "ema":
             self.center.update(targets.logits)
             if targets.patch_logits is not None:
@@ -234,13 +234,13 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def teacher_signals(teacher_probs: list[Tensor], loss_dino: Tensor) -> dict[str, float]:
+def teacher_signals(teacher_probs: list[Tensor], loss_dino: Tensor) -> dict[str, Tensor]:
     """Teacher entropy (of its targets) and KL(teacher || student). Each teacher view meets the same number of
     student views, so the mean cross-entropy minus the mean teacher entropy is exactly the mean KL over the pairs."""
     with torch.no_grad():
         probs = torch.cat(teacher_probs)
-        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean().item()
-    return {"teacher_entropy": entropy, "kl_teacher_student": loss_dino.item() - entropy}
+        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
+        return {"teacher_entropy": entropy, "kl_teacher_student": loss_dino.detach() - entropy}
 
 
 def dino_collapse_bands(out_dim: int, loss_key: str = "loss") -> list[CollapseBand]:

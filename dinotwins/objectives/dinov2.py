@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from dinotwins.errors import UserError
 from dinotwins.objectives.heads import DINOHead
+from dinotwins.transfer import to_device
 
 SINKHORN_ITERATIONS = 3  # DINOv2's
 
@@ -81,7 +82,7 @@ def sinkhorn_knopp(logits: Tensor, temperature: float, iterations: int = SINKHOR
     if reduce:
         dist.all_reduce(shift, op=dist.ReduceOp.MAX)
     q = torch.exp((logits.float() - shift) / temperature).T  # (K, B)
-    batch = torch.tensor(float(q.shape[1]), device=q.device)
+    batch = torch.full((), float(q.shape[1]), device=q.device)  # a fill, not a copy from the host
     total = q.sum()
     if reduce:
         dist.all_reduce(batch)
@@ -115,7 +116,7 @@ def random_patch_masks(views: int, grid: tuple[int, int], ratio: float, generato
     order = torch.rand(views, h * w, generator=generator).argsort(dim=1)
     masks = torch.zeros(views, h * w, dtype=torch.bool)
     masks.scatter_(1, order[:, :count], True)
-    return masks.view(views, h, w).to(device)
+    return to_device(masks.view(views, h, w), device)
 
 
 class IBotHead(nn.Module):

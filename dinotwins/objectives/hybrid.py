@@ -58,7 +58,7 @@ class DinoTwins(DINO):
         return dino_collapse_bands(cfg.objectives["dino"].out_dim, loss_key="loss_dino") + barlow_collapse_bands()
 
     def loss_parts(self, out: dict[str, Tensor], n_views: int, first_view: int, is_global: bool,
-                   targets: TeacherTargets, distributed: bool) -> tuple[dict[str, Tensor], dict[str, float]]:
+                   targets: TeacherTargets, distributed: bool) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         parts, signals = super().loss_parts(out, n_views, first_view, is_global, targets, distributed)
         if is_global:  # the projector sees the global crops only
             barlow, barlow_signals = barlow_terms(out["projector"], self.barlow_cfg.lambd, distributed)
@@ -72,6 +72,6 @@ class DinoTwins(DINO):
         return self.with_dinov2_terms(hybrid_loss(parts["dino"], barlow, self.weights.w_dino, self.weights.w_barlow,
                                                   1.0 / self.student.projector.out_dim), parts)
 
-    def finish_step(self, sums: dict[str, Tensor], targets: TeacherTargets) -> dict[str, float]:
-        return {**super().finish_step(sums, targets), "loss_dino": sums["dino"].item(),
-                "loss_barlow": sums["barlow"].item()}
+    def finish_step(self, sums: dict[str, Tensor], targets: TeacherTargets) -> dict[str, Tensor]:
+        return {**super().finish_step(sums, targets), "loss_dino": sums["dino"].detach(),
+                "loss_barlow": sums["barlow"].detach()}

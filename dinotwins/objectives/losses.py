@@ -80,12 +80,14 @@ def barlow_twins_terms(z1: Tensor, z2: Tensor, distributed: bool = False) -> tup
 
 def cross_correlation(z1: Tensor, z2: Tensor, distributed: bool = False) -> Tensor:
     """Cross-correlation matrix of the batch-normalized embeddings (affine-free BN, biased variance)."""
-    n = torch.tensor(float(z1.shape[0]), device=z1.device)
+    rows = z1.shape[0] * (dist.get_world_size() if distributed and dist.is_available() and dist.is_initialized()
+                          else 1)  # every rank holds the same number (a slice of each global batch)
+    if rows < 2:
+        raise ValueError("barlow_twins_loss needs a batch of at least two samples")
+    n = torch.full((), float(rows), device=z1.device)  # a fill, not a copy from the host
     sum1, sum2 = z1.sum(0), z2.sum(0)
     if distributed:
-        n, sum1, sum2 = _all_reduce(n), _all_reduce(sum1), _all_reduce(sum2)
-    if n < 2:
-        raise ValueError("barlow_twins_loss needs a batch of at least two samples")
+        sum1, sum2 = _all_reduce(sum1), _all_reduce(sum2)
     c1, c2 = z1 - sum1 / n, z2 - sum2 / n
     var1, var2 = c1.pow(2).sum(0), c2.pow(2).sum(0)
     cross = c1.T @ c2  # (D, D)

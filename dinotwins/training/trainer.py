@@ -44,6 +44,7 @@ from dinotwins.training.collapse import CollapseMonitor, embedding_band
 from dinotwins.training.crop_packing import packed_is_faster
 from dinotwins.training.runlog import RunLog
 from dinotwins.training.stop_signal import StopSignals
+from dinotwins.transfer import to_device
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -162,19 +163,25 @@ class Trainer:
             teacher=self.teacher_runner, autocast=self._autocast,
             no_sync=self._ddp.no_sync if self._ddp is not None else None,
             per_resolution=cfg.backward_per_resolution, packed=cfg.packed_crops)
-        if not torch.isfinite(loss):
-            raise TrainingStopped(f"loss is {loss.item()} at step {step}; stopped before the update "
-                                  f"(last good checkpoint kept in {self.out / CHECKPOINT_DIR}). "
-                                  f"Lower optim.base_lr or use precision fp32")
         max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.objective.student.parameters(), max_norm)
-        if not torch.isfinite(grad_norm):
-            raise TrainingStopped(f"gradient norm is {grad_norm.item()} at step {step}; stopped before the "
+        # The step's one read from the device: the loss, the norm and the signals in one transfer (on a GPU each
+        # separate read waits for the work queued before it).
+        names = list(logs)
+        read = torch.stack([loss.float(), grad_norm.float(), *(torch.as_tensor(logs[n]).float().to(loss.device)
+                                                                for n in names)]).tolist()
+        loss_value, norm_value, logs = read[0], read[1], dict(zip(names, read[2:]))
+        if not math.isfinite(loss_value):
+            raise TrainingStopped(f"loss is {loss_value} at step {step}; stopped before the update "
+                                  f"(last good checkpoint kept in {self.out / CHECKPOINT_DIR}). "
+                                  f"Lower optim.base_lr or use precision fp32")
+        if not math.isfinite(norm_value):
+            raise TrainingStopped(f"gradient norm is {norm_value} at step {step}; stopped before the "
                                   f"update (last good checkpoint kept in {self.out / CHECKPOINT_DIR})")
         self.objective.before_optimizer_step(step, self.length)
         self.optimizer.step()
         self.objective.after_optimizer_step(values)
-        return {"loss": loss.item(), **values, "grad_norm": grad_norm.item(), **logs}
+        return {"loss": loss_value, **values, "grad_norm": norm_value, **logs}
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -185,8 +192,8 @@ class Trainer:
         epoch, position = divmod(step, self.length.steps_per_epoch)
         indices = self.sampler.batch_indices(epoch, position)
         if self.images_on_device is not None:
-            return self.images_on_device[indices.to(self.device)]
-        return self.dataset.training_batch(indices).to(self.device, non_blocking=True)
+            return self.images_on_device[to_device(indices, self.device)]
+        return to_device(self.dataset.training_batch(indices), self.device)
 
     def batches(self) -> Iterator[torch.Tensor]:
         """The run's batches from the current step on, on the device: from device memory, or decoded ahead of the
@@ -198,7 +205,7 @@ class Trainer:
             return
         steps = StepBatches(self.dataset, self.sampler, self.length.steps_per_epoch)
         for images in prefetched(steps, self.step, total, workers_for(self.cfg.data_workers, self.dataset)):
-            yield images.to(self.device, non_blocking=True)
+            yield to_device(images, self.device)
 
     def run(self) -> Path:
         cfg, total = self.cfg, self.length.total_steps
