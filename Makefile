@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data test test-fast demo demo-models bench bench-levers bench-cpu bench-cpu-avx2 bench-memory bench-app clean
+.PHONY: setup data test test-fast demo demo-models bench bench-levers bench-cpu bench-cpu-avx2 bench-gpu bench-memory bench-app clean
 
 setup: $(STAMP) data
 
@@ -96,6 +96,14 @@ bench-cpu-avx2: setup
 	$(AVX2_ONLY) $(BIN)/python -m dinotwins.bench --preset scenes --official $(OFFICIAL) --json | tail -1
 	$(AVX2_ONLY) $(BIN)/python -m dinotwins.bench --preset scenes --official $(OFFICIAL) --json \
 	  --set model.embed_dim=384 --set model.num_heads=6 | tail -1
+
+# The README's GPU table: the official one-GPU defaults at batch 64 and 256, the CPU tables' config, and compile.
+bench-gpu: setup
+	$(BIN)/python -m dinotwins.bench --preset bench-gpu --set device=cuda --official $(OFFICIAL) --json | tail -1
+	$(BIN)/python -m dinotwins.bench --preset bench-gpu --set device=cuda --set batch_size=256 --official $(OFFICIAL) \
+	  --json | tail -1
+	$(BIN)/python -m dinotwins.bench --set device=cuda --official $(OFFICIAL) --json | tail -1
+	$(BIN)/python -m dinotwins.bench --preset bench-gpu --set device=cuda --set compile=true --json | tail -1
 
 bench-memory: setup
 	for method in dino hybrid; do for per_res in true false; do \
