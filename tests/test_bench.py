@@ -107,4 +107,3 @@ def test_the_ceiling_records_each_product_of_forward_and_backward_with_its_layou
     assert ceiling["matmul_products"] == 4 and ceiling["matmul_shapes"] == 4
     # a fraction of the given peak: the FLOPs over the products' own solo time
     assert ceiling["matmul_ceiling"] == pytest.approx(flops / ceiling["matmul_solo_s"] / 1e12 / 1e-9, rel=0.02)
-

@@ -6,6 +6,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from dinotwins.objectives import METHODS
 from dinotwins.transfer import constant, to_device
+from tests.test_model_api import TEMP, build
 
 
 def test_copies_to_the_device_and_cached_constants():
@@ -22,8 +23,6 @@ def test_copies_to_the_device_and_cached_constants():
 def test_a_step_forward_and_backward_reads_no_value_from_the_device(method, packed):
     """compute_gradients keeps every signal on the device (on a GPU a read makes the host wait); the trainer reads
     them once, with the loss. Counted here as reads of a tensor's value, which a CPU makes too."""
-    from tests.test_model_api import TEMP, build
-
     torch.manual_seed(0)
     ssl = build(method, dino={"koleo_weight": 0.1}, ibot={"weight": 1.0})
     views = [torch.randn(4, 3, 16, 16) for _ in range(2)]
