@@ -20,7 +20,7 @@ from dinotwins.models.tokens import embed_tokens, packed_forward, run_blocks
 from dinotwins.objectives import METHODS
 from dinotwins.objectives.dinov2 import ibot_loss, koleo_loss, random_patch_masks, sinkhorn_knopp
 from tests.conftest import free_port
-from tests.test_model_api import TEMP, build
+from tests.test_model_api import TEMP, build, floats
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,11 +120,6 @@ def test_packed_crops_give_the_tokens_of_one_pass_per_crop_size(vit, fused):
     packed = packed_forward(vit, [global_views, local_views], batch)
     torch.testing.assert_close(packed[0], vit.forward_features(global_views), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(packed[1], vit.forward_features(local_views), rtol=1e-4, atol=1e-5)
-
-
-def floats(logs: dict) -> dict[str, float]:
-    """compute_gradients' signals (0-d tensors, read once a step by the trainer) as numbers."""
-    return {name: float(value) for name, value in logs.items()}
 
 
 @pytest.mark.parametrize("method", METHODS)
