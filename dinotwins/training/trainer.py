@@ -168,8 +168,7 @@ class Trainer:
         # The step's one read from the device: the loss, the norm and the signals in one transfer (on a GPU each
         # separate read waits for the work queued before it).
         names = list(logs)
-        read = torch.stack([loss.float(), grad_norm.float(), *(torch.as_tensor(logs[n]).float().to(loss.device)
-                                                                for n in names)]).tolist()
+        read = torch.stack([loss.float(), grad_norm.float(), *(logs[n].float() for n in names)]).tolist()
         loss_value, norm_value, logs = read[0], read[1], dict(zip(names, read[2:]))
         if not math.isfinite(loss_value):
             raise TrainingStopped(f"loss is {loss_value} at step {step}; stopped before the update "
