@@ -188,6 +188,7 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
     result = {
         "method": cfg.method, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(), "compile": cfg.compile,
+        "compile_mode": cfg.compile_mode if cfg.compile else None,
         "attention": f"{cfg.attention} ({'fused' if trainer.fused_attention else 'explicit'})",
         "backward": "per resolution" if cfg.backward_per_resolution else "joint",
         "packed_crops": (f"auto ({trainer.cfg.packed_crops})" if cfg.packed_crops == "auto"

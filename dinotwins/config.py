@@ -28,6 +28,7 @@ from dinotwins.models.config import ModelConfig
 from dinotwins.objectives import METHODS, SECTIONS, section_class
 
 PRESET_DIR = Path(__file__).parent / "presets"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -54,6 +55,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 where the device does it fast) | bf16 | fp32
     compile: bool = False  # torch.compile the student and teacher (README, Performance: what it measured)
+    # torch.compile's mode: default | reduce-overhead (CUDA graphs on a GPU: the step's kernels launched as one
+    # replay, for a step bound by the host) | max-autotune | max-autotune-no-cudagraphs. Read only with compile.
+    compile_mode: str = "default"
     # auto: fused scaled-dot-product attention on GPU; on a CPU the faster of fused and explicit softmax(q k^T) v,
     # timed on one attention layer when the run starts (models/backbone.py). Same maths.
     attention: str = "auto"  # auto | fused | explicit
@@ -98,6 +102,8 @@ class TrainConfig:
             (self.keep_checkpoints >= 2, f"keep_checkpoints must be at least 2, got {self.keep_checkpoints}"),
             (self.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {self.device!r}"),
             (self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {self.precision!r}"),
+            (self.compile_mode in COMPILE_MODES,
+             f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}"),
             (self.attention in ("auto", "fused", "explicit"),
              f"attention must be auto, fused or explicit, got {self.attention!r}"),
             (self.packed_crops is True or self.packed_crops is False or self.packed_crops == "auto",

@@ -46,3 +46,24 @@ def test_compiled_step_gives_the_eager_loss_and_gradient(tmp_path):
     for key in ("loss", "loss_dino", "loss_barlow"):
         assert compiled[key] == pytest.approx(eager[key], rel=1e-4), key
     assert compiled["grad_norm"] == pytest.approx(eager["grad_norm"], rel=1e-3)
+
+
+def test_compile_mode_reaches_torch_compile_and_cuda_graph_modes_mark_each_step(tmp_path, monkeypatch):
+    """`compile_mode` is handed to torch.compile for student and teacher; a mode that replays CUDA graphs tells
+    them each step begins (without it a replay could overwrite outputs the step still reads)."""
+    modes, marks = [], []
+
+    def record(module, **kwargs):
+        modes.append(kwargs["mode"])
+        return module  # eager: the test checks the plumbing, not the compiler
+
+    monkeypatch.setattr("torch.compile", record)
+    monkeypatch.setattr("torch.compiler.cudagraph_mark_step_begin", lambda: marks.append(1))
+    for mode, graphed in (("default", False), ("reduce-overhead", True)):
+        modes.clear(), marks.clear()
+        cfg = smoke_config("dino", precision="fp32", attention="explicit", compile=True, compile_mode=mode)
+        trainer = Trainer(cfg, tmp_path / mode, progress=False)
+        trainer.train_step(trainer.batch(0), 0)
+        trainer.train_step(trainer.batch(1), 1)
+        assert modes == [mode, mode]
+        assert len(marks) == (2 if graphed else 0)

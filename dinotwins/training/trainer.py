@@ -105,9 +105,12 @@ class Trainer:
         # The run keeps the path it measured (config.yaml), so a resumed run computes exactly as before.
         self.cfg = cfg = dataclasses.replace(cfg, attention="fused" if self.fused_attention else "explicit")
         # dynamic=False: the student is called once per crop size; each size gets its own static graph.
-        self.student_runner = torch.compile(student, dynamic=False) if cfg.compile else student
+        self.student_runner = torch.compile(student, dynamic=False, mode=cfg.compile_mode) if cfg.compile else student
         teacher = self.objective.teacher
-        self.teacher_runner = torch.compile(teacher, dynamic=False) if cfg.compile and teacher is not None else teacher
+        self.teacher_runner = (torch.compile(teacher, dynamic=False, mode=cfg.compile_mode)
+                               if cfg.compile and teacher is not None else teacher)
+        # CUDA graphs replay into the same memory: each step tells them a new iteration begins
+        self._graphed = cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune")
         # fused: one kernel over all parameters, on a CPU as on a GPU (the faster form on both)
         self.optimizer = torch.optim.AdamW(param_groups(self.objective.student), lr=0.0, betas=cfg.optim.betas,
                                            fused=True)
@@ -158,6 +161,8 @@ class Trainer:
 
         self.objective.student.train()
         self.optimizer.zero_grad(set_to_none=True)
+        if self._graphed:
+            torch.compiler.cudagraph_mark_step_begin()
         loss, logs = self.objective.compute_gradients(
             self.student_runner, global_views, local_views, values, distributed=self.dist.enabled,
             teacher=self.teacher_runner, autocast=self._autocast,
