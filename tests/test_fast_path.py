@@ -60,7 +60,8 @@ def test_compile_mode_reaches_torch_compile_and_cuda_graph_modes_mark_each_step(
     monkeypatch.setattr("torch.compile", record)
     monkeypatch.setattr("torch.compiler.cudagraph_mark_step_begin", lambda: marks.append(1))
     for mode, graphed in (("default", False), ("reduce-overhead", True)):
-        modes.clear(), marks.clear()
+        modes.clear()
+        marks.clear()
         cfg = smoke_config("dino", precision="fp32", attention="explicit", compile=True, compile_mode=mode)
         trainer = Trainer(cfg, tmp_path / mode, progress=False)
         trainer.train_step(trainer.batch(0), 0)
