@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -216,8 +217,6 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
 def count_device_syncs(step: Callable[[], None]) -> int:
     """How many times one call of `step` makes the host wait for the GPU (reads of device values, copies from
     pageable host memory, explicit synchronizations), counted by torch's CUDA sync debug mode."""
-    import warnings
-
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:

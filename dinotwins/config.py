@@ -29,6 +29,7 @@ from dinotwins.objectives import METHODS, SECTIONS, section_class
 
 PRESET_DIR = Path(__file__).parent / "presets"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes above that replay CUDA graphs on a GPU
 
 
 @dataclass

@@ -28,7 +28,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dinotwins.config import TrainConfig, to_dict
+from dinotwins.config import CUDA_GRAPH_MODES, TrainConfig, to_dict
 from dinotwins.data import load_dataset
 from dinotwins.data.augment import MultiCrop
 from dinotwins.data.sampler import EpochSampler
@@ -110,7 +110,7 @@ class Trainer:
         self.teacher_runner = (torch.compile(teacher, dynamic=False, mode=cfg.compile_mode)
                                if cfg.compile and teacher is not None else teacher)
         # CUDA graphs replay into the same memory: each step tells them a new iteration begins
-        self._graphed = cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune")
+        self._graphed = cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES
         # fused: one kernel over all parameters, on a CPU as on a GPU (the faster form on both)
         self.optimizer = torch.optim.AdamW(param_groups(self.objective.student), lr=0.0, betas=cfg.optim.betas,
                                            fused=True)
