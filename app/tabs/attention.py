@@ -33,7 +33,7 @@ from dinotwins.errors import UserError
 TITLE, ID = "Attention", "attention"
 DEFAULT_KEEP_MASS = 0.6  # DINO paper, Fig. 3
 SCALES = (1.0, 1.5, 2.0)  # multiples of each model's training size offered for finer maps
-DEFAULT_SCALE = 2.0  # the scenes DINO's best attention Jaccard among SCALES, the hybrid's within 0.003 (README)
+DEFAULT_SCALE = 2.0  # chosen by the scenes models' attention Jaccard at each of SCALES (README, Finer maps)
 LAST_LAYER = 0  # the `layer` value meaning each model's last block
 
 
