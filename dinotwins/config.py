@@ -81,6 +81,9 @@ class TrainConfig:
     export_every: int = 0
     export_dtype: str = "float32"  # float32 | float16 for the exported weights
     stop_on_collapse: bool = False
+    # A run folder whose newest good checkpoint starts this run (modules only, position embeddings resized to this
+    # image size; fresh optimizer, schedules from step 0): DINOv2's short high-resolution phase (warm_start.py).
+    init_from: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     # One section per registered objective, by its name (config.yaml: `dino:`, `barlow:`, `hybrid:` at the top
     # level); each objective reads the ones it needs (the hybrid: all three).

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop (exit 3) instead of warning when the collapse monitor fires")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set dino.out_dim=2048 --set model.depth=6 (repeatable)")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from RUN's newest checkpoint (its modules, position embeddings resized to this "
+                        "run's image size) with a fresh optimizer and schedules: e.g. a short higher-resolution phase")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -62,7 +65,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     flags = {"method": args.method, "data": args.data, "epochs": args.epochs, "max_steps": args.max_steps,
              "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
              "precision": args.precision, "compile": args.compile, "save_every": args.save_every,
-             "export_every": args.export_every, "stop_on_collapse": args.stop_on_collapse}
+             "export_every": args.export_every, "stop_on_collapse": args.stop_on_collapse,
+             "init_from": args.init_from}
     data = merge(data, {k: v for k, v in flags.items() if v is not None})
     data = merge(data, dotted_to_nested(args.set))
     if "method" not in data:

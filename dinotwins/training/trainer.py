@@ -44,6 +44,7 @@ from dinotwins.training.collapse import CollapseMonitor, embedding_band
 from dinotwins.training.crop_packing import packed_is_faster
 from dinotwins.training.runlog import RunLog
 from dinotwins.training.stop_signal import StopSignals
+from dinotwins.training.warm_start import load_init_state
 from dinotwins.transfer import to_device
 
 CHECKPOINT_DIR = "checkpoints"
@@ -123,6 +124,8 @@ class Trainer:
         self.step = 0
         if resume:
             self._resume()
+        elif cfg.init_from:  # the trained modules of another run, at this run's size (training/warm_start.py)
+            load_init_state(self.objective, cfg.init_from, self.device)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
