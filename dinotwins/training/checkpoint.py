@@ -20,6 +20,7 @@ import torch
 from dinotwins.errors import UserError
 from dinotwins.files import checksum_problem, sidecar, write_with_checksum
 
+CHECKPOINT_DIR = "checkpoints"  # a run folder's sub-folder of these files
 _NAME = re.compile(r"step_(\d{8})\.pt$")
 
 

@@ -38,7 +38,7 @@ from dinotwins.models.backbone import fused_attention_for, set_fused_attention
 from dinotwins.models.export import EXPORT_NAME, export_backbone, export_path
 from dinotwins.objectives import build_objective
 from dinotwins.training import distributed, precision, schedules
-from dinotwins.training.checkpoint import latest_good, list_checkpoints, save_checkpoint
+from dinotwins.training.checkpoint import CHECKPOINT_DIR, latest_good, list_checkpoints, save_checkpoint
 from dinotwins.data.loader import StepBatches, prefetched, workers_for
 from dinotwins.training.collapse import CollapseMonitor, embedding_band
 from dinotwins.training.crop_packing import packed_is_faster
@@ -46,8 +46,6 @@ from dinotwins.training.runlog import RunLog
 from dinotwins.training.stop_signal import StopSignals
 from dinotwins.training.warm_start import load_init_state
 from dinotwins.transfer import to_device
-
-CHECKPOINT_DIR = "checkpoints"
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:

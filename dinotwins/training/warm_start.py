@@ -19,14 +19,13 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 from dinotwins.errors import UserError
-from dinotwins.training.checkpoint import latest_good
-
-CHECKPOINT_DIR = "checkpoints"
+from dinotwins.training.checkpoint import CHECKPOINT_DIR, latest_good
 
 
 def load_init_state(objective: torch.nn.Module, source: str | Path, device: torch.device | str = "cpu") -> int:
     """Load `source`'s newest good checkpoint into `objective` (position embeddings resized to its own); returns
-    the step that checkpoint was saved at. UserError, with nothing loaded, on a missing or unfitting source."""
+    the step that checkpoint was saved at. A missing or unfitting source is a UserError, raised before the run
+    writes anything."""
     folder = Path(source).expanduser()
     if not folder.is_dir():
         raise UserError(f"--init-from {source}: not a run folder; name a run directory that has {CHECKPOINT_DIR}/")
