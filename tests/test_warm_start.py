@@ -19,7 +19,7 @@ def test_resized_pos_embed_keeps_the_prefix_and_resamples_the_grid():
     assert torch.equal(out[:, :2], pos[:, :2])
     assert torch.allclose(out, resample_abs_pos_embed(pos, new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=2))
     assert resized_pos_embed(pos, pos.shape, prefix=2) is pos
-    # a smooth embedding stays smooth: the corners of the grid keep their values' sign and order of size
+    # a ramp along the grid's columns stays one: negative at the left edge, positive at the right, every row alike
     ramp = torch.linspace(-1, 1, 4).repeat(4).view(1, 16, 1)
     big = resized_pos_embed(ramp, torch.Size([1, 64, 1]), prefix=0).view(8, 8)
     assert big[0, 0] < 0 < big[0, -1] and torch.allclose(big[0], big[-1])
