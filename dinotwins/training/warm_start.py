@@ -22,10 +22,9 @@ from dinotwins.errors import UserError
 from dinotwins.training.checkpoint import CHECKPOINT_DIR, latest_good
 
 
-def load_init_state(objective: torch.nn.Module, source: str | Path, device: torch.device | str = "cpu") -> int:
-    """Load `source`'s newest good checkpoint into `objective` (position embeddings resized to its own); returns
-    the step that checkpoint was saved at. A missing or unfitting source is a UserError, raised before the run
-    writes anything."""
+def load_init_state(objective: torch.nn.Module, source: str | Path, device: torch.device | str = "cpu") -> None:
+    """Load `source`'s newest good checkpoint into `objective` (position embeddings resized to its own). A missing
+    or unfitting source is a UserError, raised before the run writes anything."""
     folder = Path(source).expanduser()
     if not folder.is_dir():
         raise UserError(f"--init-from {source}: not a run folder; name a run directory that has {CHECKPOINT_DIR}/")
@@ -44,7 +43,6 @@ def load_init_state(objective: torch.nn.Module, source: str | Path, device: torc
         raise UserError(f"--init-from {source}: its modules do not fit this run "
                         f"({str(exc).splitlines()[0][:120]}); use the same --method and model settings, "
                         f"only the image size may differ") from None
-    return int(state["step"])
 
 
 def resized_pos_embed(pos: torch.Tensor, shape: torch.Size, prefix: int) -> torch.Tensor:
