@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dinotwins.bench_ceiling import RecordProducts, matmul_ceiling
+from dinotwins.bench_ceiling import RecordProducts, matmul_ceiling, slowest_products
 from dinotwins.cli import OneLineParser
 from dinotwins.config import TrainConfig, available_presets, build_config, dotted_to_nested, load_preset, merge
 from dinotwins.data.augment import MultiCrop
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="after the timing, profile --steps more steps of ours (and of the official step with "
                         "--official) and print the ROWS operators with the most self CPU time to stderr")
+    p.add_argument("--products", type=int, default=0, metavar="ROWS",
+                   help="after the timing, print to stderr the ROWS matrix products of our step with the most time "
+                        "when each is timed alone (the matmul ceiling's parts): share, speed against the peak, shapes")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return p
 
@@ -129,7 +132,7 @@ def cpu_description() -> dict[str, str | list[str] | dict[str, str]]:
 
 
 def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
-               rivals: dict[str, Callable[[], None]] | None = None) -> dict[str, float | str]:
+               rivals: dict[str, Callable[[], None]] | None = None, product_rows: int = 0) -> dict[str, float | str]:
     """Our step's speed and FLOP use at `cfg`. `rivals` (name -> one step of other code, e.g. the official DINO
     step) are timed interleaved with ours, one step of each per round after their own warm-up, so a machine whose
     speed drifts (shared CPUs) slows every side alike; each gets `{name}_img_per_s` and `speedup_over_{name}`."""
@@ -172,6 +175,10 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         step_s = sum(seconds["ours"]) / steps
         ceiling = matmul_ceiling(products.counts, device, step_s,
                                  lambda: max(peak_matmul_tflops(device, dt, trials=1) for dt in peak_dtypes))
+        if product_rows:
+            peak_now = max(peak_matmul_tflops(device, dt, trials=1) for dt in peak_dtypes)
+            print(f"matrix products of one step ({cfg.method}), each timed alone, against a {peak_now:.3f} TFLOP/s peak",
+                  *slowest_products(products.counts, device, peak_now, product_rows), sep="\n", file=sys.stderr)
         syncs = {name: count_device_syncs(run) for name, run in sides.items()} if device.type == "cuda" else {}
         for name, run in sides.items() if profile_rows else ():
             print_profile(run, steps, profile_rows, f"{name} ({cfg.method}, {dtype})" if name == "ours" else name)
@@ -323,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                     facts.update(official_facts)
                 else:
                     rivals = {}
-                result = {**bench_step(cfg, args.steps, args.warmup, args.profile, rivals), **facts}
+                result = {**bench_step(cfg, args.steps, args.warmup, args.profile, rivals, args.products), **facts}
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

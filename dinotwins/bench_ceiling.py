@@ -91,3 +91,18 @@ def matmul_ceiling(counts: Counter[Product], device: torch.device, step_seconds:
     return {"matmul_products": sum(counts.values()), "matmul_shapes": len(counts),
             "matmul_gflop_per_step": flops / 1e9, "matmul_solo_s": solo, "matmul_share_of_step": solo / step_seconds,
             "matmul_ceiling": statistics.median(fractions)}
+
+
+def slowest_products(counts: Counter[Product], device: torch.device, peak_tflops: float,
+                     rows: int) -> list[str]:
+    """The `rows` products with the most solo time per step, one line each: their share of all products' solo
+    time, their own speed as a fraction of `peak_tflops`, calls per step, and both operands' shapes and strides
+    (a transposed operand shows as a stride that is not decreasing)."""
+    timed = [(product_seconds(p, device) * n, p, n) for p, n in counts.items()]
+    total = sum(seconds for seconds, _, _ in timed)
+    lines = [f"{'share':>6} {'of peak':>7} {'calls':>5}  A shape (stride) x B shape (stride)"]
+    for seconds, p, n in sorted(timed, key=lambda row: row[0], reverse=True)[:rows]:
+        speed = p.flops * n / seconds / 1e12 / peak_tflops
+        lines.append(f"{seconds / total:6.1%} {speed:7.1%} {n:5d}  {p.a_shape} ({p.a_stride}) x {p.b_shape} "
+                     f"({p.b_stride}) {str(p.dtype).removeprefix('torch.')}")
+    return lines

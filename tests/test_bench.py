@@ -38,7 +38,7 @@ def test_the_official_comparison_runs_the_same_objective():
 def test_a_short_bench_prints_one_json_row_of_the_config_it_timed():
     r = subprocess.run([sys.executable, "-m", "dinotwins.bench", "--preset", "smoke", "--method", "hybrid",
                         "--set", "precision=fp32", "--set", "backward_per_resolution=false", "--steps", "1",
-                        "--warmup", "0", "--profile", "5", "--json"], cwd=ROOT, capture_output=True, text=True,
+                        "--warmup", "0", "--profile", "5", "--products", "3", "--json"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     row = json.loads(r.stdout.strip().splitlines()[-1])
@@ -50,6 +50,8 @@ def test_a_short_bench_prints_one_json_row_of_the_config_it_timed():
     assert row["matmul_products"] >= row["matmul_shapes"] > 0 and 0 < row["matmul_share_of_step"] < 1
     assert 0.9 < row["matmul_flop_share"] <= 1.0 and row["matmul_ceiling"] > 0
     assert "profile: ours (hybrid, torch.float32), 1 steps" in r.stderr and "aten::" in r.stderr
+    listed = r.stderr.split("each timed alone")[1].splitlines()[2:5]  # --products 3: three rows after the header
+    assert len(listed) == 3 and all(line.rstrip().endswith("float32") for line in listed)
 
 
 def test_packed_crops_auto_reports_its_choice():
@@ -107,3 +109,17 @@ def test_the_ceiling_records_each_product_of_forward_and_backward_with_its_layou
     assert ceiling["matmul_products"] == 4 and ceiling["matmul_shapes"] == 4
     # a fraction of the given peak: the FLOPs over the products' own solo time
     assert ceiling["matmul_ceiling"] == pytest.approx(flops / ceiling["matmul_solo_s"] / 1e12 / 1e-9, rel=0.02)
+
+
+def test_the_slowest_products_come_first_with_their_layout():
+    from collections import Counter
+
+    from dinotwins.bench_ceiling import Product, slowest_products
+
+    big = Product((512, 512), (512, 1), (512, 512), (1, 512), torch.float32)  # B transposed
+    small = Product((4, 8), (8, 1), (8, 4), (4, 1), torch.float32)
+    lines = slowest_products(Counter({small: 3, big: 2}), torch.device("cpu"), peak_tflops=1.0, rows=1)
+    assert len(lines) == 2 and "A shape" in lines[0]  # a header, then only the slowest product
+    share, speed, calls, rest = lines[1].split(maxsplit=3)
+    assert calls == "2" and rest == "(512, 512) ((512, 1)) x (512, 512) ((1, 512)) float32"
+    assert 95 < float(share.rstrip("%")) <= 100 and float(speed.rstrip("%")) > 0
