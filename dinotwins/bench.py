@@ -177,7 +177,8 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
                                  lambda: max(peak_matmul_tflops(device, dt, trials=1) for dt in peak_dtypes))
         if product_rows:
             peak_now = max(peak_matmul_tflops(device, dt, trials=1) for dt in peak_dtypes)
-            print(f"matrix products of one step ({cfg.method}), each timed alone, against a {peak_now:.3f} TFLOP/s peak",
+            print(f"matrix products of one step ({cfg.method}), each timed alone, against a {peak_now:.3f} TFLOP/s "
+                  "peak",
                   *slowest_products(products.counts, device, peak_now, product_rows), sep="\n", file=sys.stderr)
         syncs = {name: count_device_syncs(run) for name, run in sides.items()} if device.type == "cuda" else {}
         for name, run in sides.items() if profile_rows else ():

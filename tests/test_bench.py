@@ -38,8 +38,8 @@ def test_the_official_comparison_runs_the_same_objective():
 def test_a_short_bench_prints_one_json_row_of_the_config_it_timed():
     r = subprocess.run([sys.executable, "-m", "dinotwins.bench", "--preset", "smoke", "--method", "hybrid",
                         "--set", "precision=fp32", "--set", "backward_per_resolution=false", "--steps", "1",
-                        "--warmup", "0", "--profile", "5", "--products", "3", "--json"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+                        "--warmup", "0", "--profile", "5", "--products", "3", "--json"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     row = json.loads(r.stdout.strip().splitlines()[-1])
     assert (row["method"], row["dtype"], row["backward"], row["batch_size"]) == ("hybrid", "float32", "joint", 16)
