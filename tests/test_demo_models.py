@@ -50,3 +50,30 @@ def test_demo_model_reproduces_its_recorded_quick_check(demo_set, method, tmp_pa
         expected = recorded["row"][key]
         assert expected is not None and not math.isnan(expected), key
         assert row[key] == pytest.approx(expected, abs=QUICK_CHECK_TOLERANCE), key
+
+
+@pytest.mark.slow
+def test_recheck_rewrites_only_the_quick_check(tmp_path, capsys):
+    from dinotwins.models.ship import main as ship_main
+
+    shipped = tmp_path / "dino"
+    shipped.mkdir()
+    for name in ("model.safetensors", "eval.json"):
+        (shipped / name).write_bytes((DEMO / "fashion-mnist" / "dino" / name).read_bytes())
+    report = json.loads((shipped / "eval.json").read_text())
+    stale = {**report, "quick_check": {"limit_train": 1, "row": {"knn_top1": -1.0}}}
+    (shipped / "eval.json").write_text(json.dumps(stale))
+    assert ship_main(["--recheck", str(shipped)]) == 0
+    rechecked = json.loads((shipped / "eval.json").read_text())
+    assert {k: v for k, v in rechecked.items() if k != "quick_check"} == {k: v for k, v in report.items()
+                                                                           if k != "quick_check"}
+    assert {k: rechecked["quick_check"][k] for k in QUICK_CHECK} == QUICK_CHECK
+    assert rechecked["quick_check"]["row"]["knn_top1"] == pytest.approx(report["quick_check"]["row"]["knn_top1"],
+                                                                        abs=QUICK_CHECK_TOLERANCE)
+    # a folder that python -m dinotwins.ship did not write: one line, exit 2, nothing written
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    assert ship_main(["--recheck", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and not any(empty.iterdir())

@@ -49,3 +49,16 @@ def test_linear_probe_with_one_labeled_class_predicts_it():
     train, test = np.random.default_rng(0).normal(size=(2, 10, 4))
     top1, top5 = linear_probe(train, np.zeros(10, int), test, np.array([0] * 5 + [1] * 5), label_fraction=0.5)
     assert (top1, top5) == (0.5, 1.0)
+
+
+def test_a_fixed_c_skips_the_held_out_choice(monkeypatch):
+    from dinotwins.evaluation import probe
+
+    train, train_labels = _clusters(200, 6, seed=0, spread=2.0)  # overlapping: the regularization shows
+    test, test_labels = _clusters(100, 6, seed=1, spread=2.0)
+    args = (train, train_labels, test, test_labels)
+    chosen = linear_probe(*args, label_fraction=0.1, seed=0)
+    per_c = {c: linear_probe(*args, label_fraction=0.1, seed=0, c=c) for c in (1e-4, *probe.C_GRID)}
+    assert chosen in [per_c[c] for c in probe.C_GRID] and per_c[1e-4] != per_c[1.0]
+    monkeypatch.setattr(probe, "_choose_c", lambda *a: pytest.fail("a fixed C is not chosen again"))
+    assert linear_probe(*args, label_fraction=0.1, seed=0, c=1.0) == per_c[1.0]

@@ -83,14 +83,15 @@ def check_options(k: int, temperature: float, label_fraction: float) -> None:
 def evaluate_model(model, train: ImageDataset, test: ImageDataset, *, k: int = KNN_K,
                    temperature: float = KNN_TEMPERATURE, label_fraction: float = LABEL_FRACTION, seed: int = 0,
                    cache_dir: str | Path | None = None, keep_mass: float = KEEP_MASS,
-                   progress: bool = False, attention_scale: float = 1.0, attention_layer: int = 0) -> dict[str, Any]:
+                   progress: bool = False, attention_scale: float = 1.0, attention_layer: int = 0,
+                   linear_c: float | None = None) -> dict[str, Any]:
     """One row (keys `COLUMNS`) for a `LoadedModel`: train = labeled pool, test = queries; the attention columns
-    read block `attention_layer` (1 = first, 0 = the last)."""
+    read block `attention_layer` (1 = first, 0 = the last); the linear probe at `linear_c` (None: chosen)."""
     check_options(k, temperature, label_fraction)
     train_feats = extract_features(model, train, cache_dir=cache_dir, progress=progress)
     test_feats = extract_features(model, test, cache_dir=cache_dir, progress=progress)
     row = score_features(model.name, train_feats, train.labels, test_feats, test.labels, k=k,
-                         temperature=temperature, label_fraction=label_fraction, seed=seed)
+                         temperature=temperature, label_fraction=label_fraction, seed=seed, linear_c=linear_c)
     row.update(neighbour_scores(test_feats, test))
     row.update(attention_scores(model, test, keep_mass, scale=attention_scale, layer=attention_layer))
     row["patch_fg_iou"] = foreground_probe_score(model, train, test)
@@ -112,7 +113,7 @@ def evaluate_raw_pixels(train: ImageDataset, test: ImageDataset, *, k: int = KNN
 
 def score_features(name: str, train_feats: np.ndarray, train_labels: torch.Tensor | None, test_feats: np.ndarray,
                    test_labels: torch.Tensor | None, *, k: int, temperature: float, label_fraction: float,
-                   seed: int) -> dict[str, Any]:
+                   seed: int, linear_c: float | None = None) -> dict[str, Any]:
     """k-NN, linear probe and embedding health of given features (k-NN and probe None without labels)."""
     row: dict[str, Any] = {"model": name, "num_train": len(train_feats), "num_test": len(test_feats),
                            "knn_top1": None, "knn_top5": None, "linear_top1": None, "linear_top5": None}
@@ -121,7 +122,7 @@ def score_features(name: str, train_feats: np.ndarray, train_labels: torch.Tenso
         row["knn_top1"], row["knn_top5"] = knn_classify(train_feats, train_y, test_feats, test_y, k=k,
                                                         temperature=temperature)
         row["linear_top1"], row["linear_top5"] = linear_probe(train_feats, train_y, test_feats, test_y,
-                                                              label_fraction=label_fraction, seed=seed)
+                                                              label_fraction=label_fraction, seed=seed, c=linear_c)
     row["effective_rank"] = effective_rank(test_feats)
     row["embedding_std"] = embedding_std(test_feats)
     return row
