@@ -46,8 +46,9 @@ def test_a_short_bench_prints_one_json_row_of_the_config_it_timed():
     assert row["img_per_s"] > 0 and row["gflop_per_img"] > 0 and row["packed_crops"] is False
     # each step is compared with the roofline of its own round; the limit is the best dtype's, never below the own
     assert 0 < row["fraction_of_limit"] <= row["mfu"] and row["best_peak_tflops"] >= row["peak_tflops"]
-    # the step's matmuls, timed alone, take part of the step and carry nearly all of its counted FLOPs
-    assert row["matmul_products"] >= row["matmul_shapes"] > 0 and 0 < row["matmul_share_of_step"] < 1
+    # the step's matmuls, timed alone, carry nearly all of its counted FLOPs (their share of the step's time is a
+    # timing against a timing: under a load that starts between the two it may pass 1, so only its sign is checked)
+    assert row["matmul_products"] >= row["matmul_shapes"] > 0 and row["matmul_share_of_step"] > 0
     assert 0.9 < row["matmul_flop_share"] <= 1.0 and row["matmul_ceiling"] > 0
     assert "profile: ours (hybrid, torch.float32), 1 steps" in r.stderr and "aten::" in r.stderr
     listed = r.stderr.split("each timed alone")[1].splitlines()[2:5]  # --products 3: three rows after the header
