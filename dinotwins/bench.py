@@ -173,10 +173,12 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
             for dt in peak_dtypes:  # measured every round too, so a drifting machine moves step and roofline alike
                 peaks[dt].append(peak_matmul_tflops(device, dt, trials=1))
         step_s = sum(seconds["ours"]) / steps
-        ceiling = matmul_ceiling(products.counts, device, step_s,
-                                 lambda: max(peak_matmul_tflops(device, dt, trials=1) for dt in peak_dtypes))
+        def best_peak_now() -> float:
+            return max(peak_matmul_tflops(device, dt, trials=1) for dt in peak_dtypes)
+
+        ceiling = matmul_ceiling(products.counts, device, step_s, best_peak_now)
         if product_rows:
-            peak_now = max(peak_matmul_tflops(device, dt, trials=1) for dt in peak_dtypes)
+            peak_now = best_peak_now()
             print(f"matrix products of one step ({cfg.method}), each timed alone, against a {peak_now:.3f} TFLOP/s "
                   "peak",
                   *slowest_products(products.counts, device, peak_now, product_rows), sep="\n", file=sys.stderr)

@@ -74,8 +74,12 @@ def recheck(dest: Path) -> dict[str, Any]:
         raise UserError(f"{dest} has no readable eval.json with its data ({exc.__class__.__name__}); "
                         "recheck a folder that python -m dinotwins.ship wrote") from None
     report["quick_check"] = quick_check_entry(load_model(dest / "model.safetensors"), data)
-    atomic_write(dest / "eval.json", (json.dumps(report, indent=2) + "\n").encode())
+    _write_report(dest, report)
     return report["quick_check"]
+
+
+def _write_report(dest: Path, report: dict[str, Any]) -> None:
+    atomic_write(dest / "eval.json", (json.dumps(report, indent=2) + "\n").encode())
 
 
 def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str,
@@ -117,7 +121,7 @@ def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str,
         (dest / EXPORTS_DIR).mkdir(exist_ok=True)
         for path in kept:
             shutil.copyfile(path, dest / EXPORTS_DIR / path.name)
-    atomic_write(dest / "eval.json", (json.dumps(report, indent=2) + "\n").encode())
+    _write_report(dest, report)
     return report
 
 
