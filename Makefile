@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data test test-fast demo demo-models bench bench-levers bench-cpu bench-cpu-avx2 bench-gpu bench-memory bench-app clean
+.PHONY: setup data test test-fast demo demo-models bench bench-levers bench-cpu bench-cpu-avx2 bench-cpu-processes bench-gpu bench-memory bench-app clean
 
 setup: $(STAMP) data
 
@@ -96,6 +96,15 @@ bench-cpu-avx2: setup
 	$(AVX2_ONLY) $(BIN)/python -m dinotwins.bench --preset scenes --official $(OFFICIAL) --json | tail -1
 	$(AVX2_ONLY) $(BIN)/python -m dinotwins.bench --preset scenes --official $(OFFICIAL) --json \
 	  --set model.embed_dim=384 --set model.num_heads=6 | tail -1
+
+# One process per core against one process with a thread per core, both steps under the same launch (torchrun with
+# gloo; the per-process batch halves so the global batch stays 64).
+TWO_PROCS = OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node 2 -m dinotwins.bench --threads 1 \
+  --set batch_size=32
+bench-cpu-processes: setup
+	for preset in bench scenes; do \
+	  $(BIN)/python -m dinotwins.bench --preset $$preset --official $(OFFICIAL) --json | tail -1; \
+	  $(TWO_PROCS) --preset $$preset --official $(OFFICIAL) --json | tail -1; done
 
 # The README's GPU table: the official one-GPU defaults at batch 64 and 256, the CPU tables' config, and compile.
 bench-gpu: setup

@@ -13,6 +13,11 @@ What runs is a run's config, set as for train.py: `--preset` (default `bench`, t
 dinotwins/presets/bench.yaml), `--method` and `--set key=value`, e.g. `--set precision=fp32 --set attention=fused`,
 `--set backward_per_resolution=false`, `--set compile=true`, `--set device=cuda`.
 
+Under `torchrun` (e.g. `OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m dinotwins.bench --threads 1
+--set batch_size=32`: one process per core, as a DDP training would run) each process times its own step and
+rank 0 prints one row for the group: the batch is the group's, a round lasts as long as its slowest process, and the
+peak is the sum of the processes' peaks measured side by side; the official step then runs in DDP too.
+
 Data mode (`--data-pipeline`) measures augmented multi-crop images per second, with the config's crops and batch
 size, from Fashion-MNIST (in memory) and from a folder of JPEGs decoded from disk.
 """
@@ -42,6 +47,7 @@ from dinotwins.config import TrainConfig, available_presets, build_config, dotte
 from dinotwins.data.augment import MultiCrop
 from dinotwins.errors import UserError
 from dinotwins.objectives import METHODS
+from dinotwins.training import distributed
 from dinotwins.training.distributed import resolve_device, synchronize
 from dinotwins.training.precision import matmul_seconds, pick_precision
 
@@ -85,6 +91,8 @@ def print_profile(fn, steps: int, rows: int, title: str) -> None:
     with profile(activities=activities) as prof:
         for _ in range(steps):
             fn()
+    if not distributed.current().is_main:
+        return
     print(f"profile: {title}, {steps} steps", file=sys.stderr)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40),
           file=sys.stderr)
@@ -166,10 +174,12 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         for _ in range(steps):
             for name, run in sides.items():
                 synchronize(device)
+                distributed.barrier()  # under torchrun each side's time starts together on every process
                 start = time.perf_counter()
                 run()
                 synchronize(device)
                 seconds[name].append(time.perf_counter() - start)
+            distributed.barrier()
             for dt in peak_dtypes:  # measured every round too, so a drifting machine moves step and roofline alike
                 peaks[dt].append(peak_matmul_tflops(device, dt, trials=1))
         step_s = sum(seconds["ours"]) / steps
@@ -179,12 +189,21 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         ceiling = matmul_ceiling(products.counts, device, step_s, best_peak_now)
         if product_rows:
             peak_now = best_peak_now()
-            print(f"matrix products of one step ({cfg.method}), each timed alone, against a {peak_now:.3f} TFLOP/s "
-                  "peak",
-                  *slowest_products(products.counts, device, peak_now, product_rows), sep="\n", file=sys.stderr)
+            lines = slowest_products(products.counts, device, peak_now, product_rows)
+            if distributed.current().is_main:
+                print(f"matrix products of one step ({cfg.method}), each timed alone, against a {peak_now:.3f} "
+                      "TFLOP/s peak", *lines, sep="\n", file=sys.stderr)
         syncs = {name: count_device_syncs(run) for name, run in sides.items()} if device.type == "cuda" else {}
         for name, run in sides.items() if profile_rows else ():
             print_profile(run, steps, profile_rows, f"{name} ({cfg.method}, {dtype})" if name == "ours" else name)
+    flop_share = ceiling["matmul_gflop_per_step"] * 1e9 / flops_per_step
+    world = distributed.current().world_size
+    if world > 1:  # under torchrun: the whole group's images, FLOPs and peak per round (module docstring)
+        seconds = {name: across_ranks(values, "max") for name, values in seconds.items()}
+        peaks = {dt: across_ranks(values, "sum") for dt, values in peaks.items()}
+        flops_per_step, batch = flops_per_step * world, batch * world
+        ceiling["matmul_gflop_per_step"] *= world
+        step_s = sum(seconds["ours"]) / steps
     # Each round's fraction: its step's FLOP rate over that round's peak; the median over rounds is reported.
     best_per_round = [max(round_peaks) for round_peaks in zip(*peaks.values())]
     peak = statistics.median(peaks[dtype])
@@ -198,7 +217,7 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
         "method": cfg.method, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-        "threads": torch.get_num_threads(), "compile": cfg.compile,
+        "threads": torch.get_num_threads(), "processes": world, "compile": cfg.compile,
         "compile_mode": cfg.compile_mode if cfg.compile else None,
         "attention": f"{cfg.attention} ({'fused' if trainer.fused_attention else 'explicit'})",
         "backward": "per resolution" if cfg.backward_per_resolution else "joint",
@@ -212,7 +231,7 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         "best_peak_tflops": round(best_peak, 4), "fraction_of_limit": round(fraction, 4),
         # the step's matmuls alone at their own shapes: the fraction of the limit if all else were free
         **{key: round(value, 4) for key, value in ceiling.items()},
-        "matmul_flop_share": round(ceiling["matmul_gflop_per_step"] * 1e9 / flops_per_step, 4),
+        "matmul_flop_share": round(flop_share, 4),
         **(cpu_description() if device.type == "cpu" else {}),
         "peak_rss_mb" if device.type == "cpu" else "peak_gpu_mem_mb": round(peak_mem, 1),
     }
@@ -222,6 +241,16 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         result[f"{name}_img_per_s"] = round(batch * steps / sum(seconds[name]), 2)
         result[f"speedup_over_{name}"] = round(sum(seconds[name]) / sum(seconds["ours"]), 3)
     return result
+
+
+def across_ranks(values: list[float], op: str) -> list[float]:
+    """Per-round values combined over the torchrun group: "max" (a round lasts as long as its slowest process) or
+    "sum" (the peaks the processes measured side by side)."""
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=distributed.current().device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return tensor.tolist()
 
 
 def count_device_syncs(step: Callable[[], None]) -> int:
@@ -326,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.data_pipeline:
                 result = bench_data(cfg, args.steps)
             else:
+                distributed.setup(cfg.device)  # under torchrun, before the official step looks for a group
                 facts = {}
                 if args.official is not None:
                     cfg, facts = match_official(cfg)
@@ -337,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    is_main = distributed.current().is_main
+    distributed.teardown()
+    if not is_main:  # under torchrun rank 0 speaks for the group
+        return 0
     if args.json:
         print(json.dumps(result))
     else:

@@ -3,9 +3,9 @@
 PATH is a clone of facebookresearch/dino (nothing of it is copied here: its modules are imported from PATH). The
 step is `main_dino.train_one_epoch`'s loop body for one batch, on the CPU: the teacher on the 2 global crops and the
 student on all crops (its `MultiCropWrapper`, one backbone call per resolution), its `DINOLoss` (with its center
-update, which needs a process group: a one-process gloo group is started), backward, its `clip_gradients`,
-`cancel_gradients_last_layer`, torch's AdamW on its `get_params_groups`, and its EMA loop over the parameters. The
-backbone is its `VisionTransformer` at the benchmark's shape (depth, width, heads, patch, image size), with its
+update, which needs a process group: a one-process gloo group is started, or under torchrun the group's, with the
+student in DDP as main_dino has it), backward, its `clip_gradients`, `cancel_gradients_last_layer`, torch's AdamW
+on its `get_params_groups`, and its EMA loop over the parameters. The backbone is its `VisionTransformer` at the benchmark's shape (depth, width, heads, patch, image size), with its
 `DINOHead` at K prototypes; the crops are made once by our multi-crop (the official augmentation runs in data
 loader workers, outside the step). Precision: on a CPU fp32, the official code's path there (its fp16 autocast is
 CUDA's), or with `bf16` the same step under torch's CPU bf16 autocast; on a GPU its default, fp16 autocast with
@@ -61,6 +61,9 @@ def official_step(repo: Path, cfg, bf16: bool = False, device: torch.device | No
     student, teacher = network(model.drop_path_rate).to(device), network(0.0).to(device)
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
+    student_params = list(student.parameters())  # the EMA's source, as main_dino's `student.module`
+    if dist.get_world_size() > 1:  # under torchrun: main_dino's DDP student
+        student = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if cuda else None)
     ncrops = 2 + aug.n_local
     dino_loss = main_dino.DINOLoss(dino.out_dim, ncrops, dino.warmup_teacher_temp, dino.teacher_temp, 1, 2).to(device)
     optimizer = torch.optim.AdamW(utils.get_params_groups(student))
@@ -93,7 +96,7 @@ def official_step(repo: Path, cfg, bf16: bool = False, device: torch.device | No
             scaler.update()
         with torch.no_grad():
             m = 0.996
-            for param_q, param_k in zip(student.parameters(), teacher.parameters()):
+            for param_q, param_k in zip(student_params, teacher.parameters()):
                 param_k.data.mul_(m).add_((1 - m) * param_q.detach().data)
         if not math.isfinite(loss.item()):
             raise RuntimeError("the official step's loss is not finite")

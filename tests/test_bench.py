@@ -55,6 +55,24 @@ def test_a_short_bench_prints_one_json_row_of_the_config_it_timed():
     assert len(listed) == 3 and all(line.rstrip().endswith("float32") for line in listed)
 
 
+@pytest.mark.slow
+def test_under_torchrun_one_row_speaks_for_the_group():
+    from tests.conftest import free_port
+
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(free_port()), "-m", "dinotwins.bench", "--preset", "smoke", "--set", "batch_size=8",
+                        "--set", "precision=fp32", "--steps", "2", "--warmup", "1", "--products", "2", "--json"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 1 and r.stderr.count("each timed alone") == 1  # rank 0 alone prints
+    row = json.loads(rows[0])
+    # the group's images per step and FLOPs, against the peak both processes measured side by side
+    assert (row["processes"], row["threads"], row["batch_size"]) == (2, 1, 16)
+    assert row["img_per_s"] == pytest.approx(16 / row["step_s"], rel=0.01)
+    assert 0 < row["fraction_of_limit"] <= 1 and row["matmul_flop_share"] > 0.9
+
+
 def test_packed_crops_auto_reports_its_choice():
     r = subprocess.run([sys.executable, "-m", "dinotwins.bench", "--preset", "smoke", "--set", "packed_crops=auto",
                         "--steps", "1", "--warmup", "0", "--json"], cwd=ROOT, capture_output=True, text=True,
