@@ -5,11 +5,11 @@ step is `main_dino.train_one_epoch`'s loop body for one batch, on the CPU: the t
 student on all crops (its `MultiCropWrapper`, one backbone call per resolution), its `DINOLoss` (with its center
 update, which needs a process group: a one-process gloo group is started, or under torchrun the group's, with the
 student in DDP as main_dino has it), backward, its `clip_gradients`, `cancel_gradients_last_layer`, torch's AdamW
-on its `get_params_groups`, and its EMA loop over the parameters. The backbone is its `VisionTransformer` at the benchmark's shape (depth, width, heads, patch, image size), with its
-`DINOHead` at K prototypes; the crops are made once by our multi-crop (the official augmentation runs in data
-loader workers, outside the step). Precision: on a CPU fp32, the official code's path there (its fp16 autocast is
-CUDA's), or with `bf16` the same step under torch's CPU bf16 autocast; on a GPU its default, fp16 autocast with
-its loss scaler (`--use_fp16 true`).
+on its `get_params_groups`, and its EMA loop over the parameters. The backbone is its `VisionTransformer` at the
+benchmark's shape (depth, width, heads, patch, image size), with its `DINOHead` at K prototypes; the crops are made
+once by our multi-crop (the official augmentation runs in data loader workers, outside the step). Precision: on a
+CPU fp32, the official code's path there (its fp16 autocast is CUDA's), or with `bf16` the same step under torch's
+CPU bf16 autocast; on a GPU its default, fp16 autocast with its loss scaler (`--use_fp16 true`).
 """
 
 from __future__ import annotations
