@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dinotwins.bench import bench_config, build_parser, match_official
+from dinotwins.benchmark.cli import bench_config, build_parser
+from dinotwins.benchmark.official import match_official
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +113,7 @@ def test_libraries_capped_to_avx2_run_fp32_and_the_bench_says_so():
 
 
 def test_the_ceiling_records_each_product_of_forward_and_backward_with_its_layout():
-    from dinotwins.bench_ceiling import RecordProducts, matmul_ceiling
+    from dinotwins.benchmark.ceiling import RecordProducts, matmul_ceiling
 
     layer = torch.nn.Linear(32, 48)
     x, weights = torch.randn(8, 32, requires_grad=True), torch.randn(8, 48)
@@ -134,7 +135,7 @@ def test_the_ceiling_records_each_product_of_forward_and_backward_with_its_layou
 def test_the_slowest_products_come_first_with_their_layout():
     from collections import Counter
 
-    from dinotwins.bench_ceiling import Product, slowest_products
+    from dinotwins.benchmark.ceiling import Product, slowest_products
 
     big = Product((512, 512), (512, 1), (512, 512), (1, 512), torch.float32)  # B transposed
     small = Product((4, 8), (8, 1), (8, 4), (4, 1), torch.float32)

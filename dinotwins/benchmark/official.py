@@ -14,6 +14,7 @@ CPU bf16 autocast; on a GPU its default, fp16 autocast with its loss scaler (`--
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import tempfile
@@ -24,10 +25,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dinotwins.config import TrainConfig
 from dinotwins.errors import UserError
+from dinotwins.training.distributed import resolve_device
+from dinotwins.training.precision import pick_precision
 
 
-def official_step(repo: Path, cfg, bf16: bool = False, device: torch.device | None = None) -> Callable[[], None]:
+def official_step(repo: Path, cfg: TrainConfig, bf16: bool = False, device: torch.device | None = None) -> Callable[[], None]:
     """One call = one official training step at `cfg`'s shape (a TrainConfig), built from the clone at `repo`, on
     `device` (default the CPU)."""
     repo = Path(repo).expanduser().resolve()
@@ -114,3 +118,29 @@ def official_commit(repo: Path) -> str:
         return ref[:12]
     except OSError:
         return "unknown"
+
+
+def match_official(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
+    """`cfg` without the ingredients the official DINO step lacks (iBOT, KoLeo), so both sides compute the same
+    objective; the facts name what was turned off."""
+    dino, ibot = cfg.objectives["dino"], cfg.objectives["ibot"]
+    off = [name for name, on in (("ibot.weight=0", ibot.weight > 0), ("dino.koleo_weight=0", dino.koleo_weight > 0))
+           if on]
+    if not off:
+        return cfg, {}
+    objectives = {**cfg.objectives, "dino": dataclasses.replace(dino, koleo_weight=0.0),
+                  "ibot": dataclasses.replace(ibot, weight=0.0)}
+    return dataclasses.replace(cfg, objectives=objectives), {"matched_to_official": ", ".join(off)}
+
+
+def official_rivals(repo: Path, cfg: TrainConfig) -> tuple[dict[str, Callable[[], None]], dict[str, str]]:
+    """The official step at this shape in its own precision on this device (fp32 on a CPU), and, where ours runs in
+    bf16, under bf16 autocast too: ({'official': step, 'official_bf16': step}, facts for the result)."""
+    device = resolve_device(cfg.device)
+    rivals = {"official": official_step(repo, cfg, device=device)}
+    if device.type == "cpu" and pick_precision(cfg.precision, device) == torch.bfloat16:
+        rivals["official_bf16"] = official_step(repo, cfg, bf16=True)
+    dtype = ("float16 autocast with loss scaling" if device.type == "cuda" else
+             "float32 (and bfloat16 autocast)" if "official_bf16" in rivals else "float32")
+    return rivals, {"official_commit": official_commit(repo), "official_dtype": dtype,
+                    "timing": "interleaved, one step of each per round"}

@@ -1,0 +1,33 @@
+"""What the benchmark says of the CPU: its model, the instruction-set flags that decide the dtype, and the
+instruction sets the loaded libraries were capped to."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+def cpu_isa_caps() -> dict[str, str]:
+    """The instruction sets the loaded libraries use, where capped below the CPU's own: ATen's kernels
+    (ATEN_CPU_CAPABILITY), oneDNN (ONEDNN_MAX_CPU_ISA) and MKL (MKL_ENABLE_INSTRUCTIONS). Capping all three to AVX2
+    runs this code as on an AVX2-only CPU (README, Performance)."""
+    caps = {"aten": torch.backends.cpu.get_cpu_capability()}
+    for key, env in (("onednn_max", "ONEDNN_MAX_CPU_ISA"), ("mkl", "MKL_ENABLE_INSTRUCTIONS")):
+        if os.environ.get(env):
+            caps[key] = os.environ[env]
+    return caps
+
+
+def cpu_description() -> dict[str, str | list[str] | dict[str, str]]:
+    """The CPU's model name, the instruction-set flags that decide the dtype (from /proc/cpuinfo) and the
+    instruction sets the libraries were capped to, if any (`cpu_isa`)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu": "unknown", "cpu_flags": [], "cpu_isa": cpu_isa_caps()}
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+    return {"cpu": name, "cpu_flags": [f for f in wanted if f in flags], "cpu_isa": cpu_isa_caps()}
