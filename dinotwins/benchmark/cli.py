@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-pipeline", action="store_true", help="measure the data pipeline instead")
     p.add_argument("--official", type=Path, metavar="PATH",
                    help="also time the official DINO step (a clone of facebookresearch/dino at PATH) at the same "
-                        "shape, in the same run (benchmark/official.py); ours then runs without iBOT and KoLeo, which the "
-                        "official step lacks")
+                        "shape, in the same run (benchmark/official.py); ours then runs without iBOT and KoLeo, "
+                        "which the official step lacks")
     p.add_argument("--retrieval", type=Path, metavar="DIR",
                    help="measure search in an extraction folder's index instead (python -m dinotwins.index DIR)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",

@@ -31,7 +31,8 @@ from dinotwins.training.distributed import resolve_device
 from dinotwins.training.precision import pick_precision
 
 
-def official_step(repo: Path, cfg: TrainConfig, bf16: bool = False, device: torch.device | None = None) -> Callable[[], None]:
+def official_step(repo: Path, cfg: TrainConfig, bf16: bool = False,
+                  device: torch.device | None = None) -> Callable[[], None]:
     """One call = one official training step at `cfg`'s shape (a TrainConfig), built from the clone at `repo`, on
     `device` (default the CPU)."""
     repo = Path(repo).expanduser().resolve()
