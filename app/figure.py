@@ -30,7 +30,7 @@ def draw_figure(entries, photos: list[tuple[str, Image.Image]], keep_mass: float
         rows = [render_row(m, vmin, vmax) for m in maps]
         title = Image.new("RGB", (rows[0].width, 22), "white")
         labels = ", ".join(f"row {i + 1}: {e.label}" for i, e in enumerate(entries))
-        ImageDraw.Draw(title).text((4, 4), f"{name} ({labels}; colour scale 0 to {vmax:.1f}x uniform)",
+        ImageDraw.Draw(title).text((4, 4), f"{name} ({labels}; colour scale 0 to {vmax:.1f}x uniform and above)",
                                    fill="black", font=render.font(13))
         blocks.append(render.stack([title, *rows], gap=2))
     return render.stack(blocks, gap=12)

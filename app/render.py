@@ -3,7 +3,8 @@ colour bar. Plain numpy and Pillow, no gradio: the Attention tab and the README 
 draw with the same code.
 
 Maps arrive in "x uniform" units (attention times the number of patches, so 1 = uniform attention); `vmin` and
-`vmax` are shared by every map drawn together. Maps are upsampled nearest-neighbour, so patches stay visible.
+`vmax` are shared by every map drawn together, `vmax` from `scale_top`. Maps are upsampled nearest-neighbour, so
+patches stay visible.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ TILE = 128  # px per map
 CAPTION = 18  # px of text band under each map
 HEAT_ALPHA = 0.6  # share of the heat map in an overlay; the rest is the image
 MASK_DIM = 0.2  # brightness left to patches outside the mask
+# The top of a shared heat-map scale is this percentile of the values drawn: a few hot patches (one model's outlier
+# tokens reach 30-80x uniform on photos) then show in the top colour instead of darkening every other map.
+SCALE_TOP_PERCENTILE = 99.0
 
 
 def _lut(colors: list[str], n: int = 256) -> np.ndarray:
@@ -71,8 +75,16 @@ def tile_row(tiles: list[tuple[np.ndarray, str]]) -> Image.Image:
     return row
 
 
-def colorbar(vmin: float, vmax: float, width: int = 512, height: int = 16, unit: str = "x") -> Image.Image:
-    """The shared scale as an image: the colour ramp with its ends and midpoint labelled (value then `unit`)."""
+def scale_top(maps: list[np.ndarray]) -> float:
+    """The shared scale's top for these maps: the SCALE_TOP_PERCENTILE-th percentile of all their values."""
+    values = np.concatenate([np.ravel(m) for m in maps]) if maps else np.ones(1)
+    return max(float(np.percentile(values, SCALE_TOP_PERCENTILE)), 1e-6)
+
+
+def colorbar(vmin: float, vmax: float, width: int = 512, height: int = 16, unit: str = "x",
+             saturates: bool = False) -> Image.Image:
+    """The shared scale as an image: the colour ramp with its ends and midpoint labelled (value then `unit`); with
+    `saturates`, the top reads ">=" (higher values share its colour)."""
     ramp = colorize(np.tile(np.linspace(vmin, vmax, width), (height, 1)), vmin, vmax)
     bar = Image.new("RGB", (width + 20, height + 22), "white")
     bar.paste(Image.fromarray(ramp), (10, 0))
@@ -80,7 +92,10 @@ def colorbar(vmin: float, vmax: float, width: int = 512, height: int = 16, unit:
     for frac in (0.0, 0.5, 1.0):
         x = 10 + int(frac * (width - 1))
         text = f"{vmin + frac * (vmax - vmin):.{1 if unit else 2}f}{unit}"
-        draw.text((min(max(x - 10, 0), width - 20), height + 4), text, fill="black", font=face)
+        if saturates and frac == 1.0:
+            text = f">={text}"
+        draw.text((min(max(x - 10, 0), width - 20 - (12 if saturates and frac == 1.0 else 0)), height + 4), text,
+                  fill="black", font=face)
     return bar
 
 

@@ -6,7 +6,8 @@ smallest set of patches holding at least `keep_mass` of the attention; `dinotwin
 evaluation scores). Beside every map: its entropy in bits (log2 of the patch count = uniform attention).
 
 Maps are shown in units of "x uniform" (attention x number of patches, so 1 = uniform attention): models with
-different patch grids become comparable, and ONE colour scale is shared by all rows. Attention is renormalized
+different patch grids become comparable, and ONE colour scale is shared by all rows (its top the 99th percentile
+of all their values, so a few hot patches saturate rather than darken the rest). Attention is renormalized
 over the patches first (the CLS token's share of its own attention is dropped), as in DINO's
 visualize_attention.py. `scale` runs every model at that multiple of its training size (position embeddings
 interpolated) for finer maps; `DEFAULT_SCALE` is the one measured best on the scenes test split (README).
@@ -100,9 +101,8 @@ def compute_maps(entries: list[ModelEntry], image: Image.Image, keep_mass: float
 
 
 def shared_scale(maps: list[AttentionMaps]) -> tuple[float, float]:
-    """(vmin, vmax) over every head and mean map of every model."""
-    vmax = max((float(max(m.heads.max(), m.mean.max())) for m in maps), default=1.0)
-    return 0.0, max(vmax, 1e-6)
+    """(vmin, vmax) for every head and mean map of every model: 0 and `render.scale_top` of all of them."""
+    return 0.0, render.scale_top([a for m in maps for a in (m.heads, m.mean)])
 
 
 def render_row(maps: AttentionMaps, vmin: float, vmax: float) -> Image.Image:
@@ -142,7 +142,7 @@ def attention_view(entries: list[ModelEntry], image: Image.Image, keep_mass: flo
     `entropy_headers(most_heads(entries))`)."""
     maps = compute_maps(entries, image, keep_mass, scale, layer)
     vmin, vmax = shared_scale(maps)
-    return ([render_row(m, vmin, vmax) for m in maps], render.colorbar(vmin, vmax),
+    return ([render_row(m, vmin, vmax) for m in maps], render.colorbar(vmin, vmax, saturates=True),
             entropy_rows(maps, most_heads(entries)))
 
 
@@ -162,8 +162,9 @@ def attention_export(explorer, image: Any, keep_mass: float | None = DEFAULT_KEE
     vmin, vmax = shared_scale(maps)
     folder = exports.export_folder()
     picture_path = exports.write_png(folder, "attention", render.stack(
-        [render.colorbar(vmin, vmax), *[render_row(m, vmin, vmax) for m in maps]]))
-    numbers = {"keep_mass": keep, "scale": scale, "layer": _layer(layer) or "last", "units": "x uniform attention (1 = every patch equal)",
+        [render.colorbar(vmin, vmax, saturates=True), *[render_row(m, vmin, vmax) for m in maps]]))
+    numbers = {"keep_mass": keep, "scale": scale, "layer": _layer(layer) or "last",
+               "units": "x uniform attention (1 = every patch equal)", "colour_scale": [vmin, vmax],
                "models": [{"model": m.model, "input_size": m.image.width, **m.numbers()} for m in maps]}
     return [picture_path, exports.write_json(folder, "attention", numbers)]
 
@@ -218,8 +219,8 @@ def build(ctx: TabContext, tab: gr.Tab) -> list[dict]:
         button = gr.Button("Show attention", variant="primary")
     gr.Markdown("Heat maps: last-layer CLS attention per head, then the mean over heads, then the mask of the "
                 "mean. One colour scale for every map of every model, in units of uniform attention (1x = every "
-                "patch equal). H = entropy in bits. A larger input size gives each model more patches (its "
-                "position embeddings interpolated): finer maps.")
+                "patch equal); the hottest 1 % of patches share its top colour. H = entropy in bits. A larger "
+                "input size gives each model more patches (its position embeddings interpolated): finer maps.")
     bar = gr.Image(label="Shared colour scale (x uniform attention)", interactive=False, height=60, format="png",
                    elem_id="attention-scale")
     rows = [gr.Image(label=e.label, interactive=False, format="png", elem_id=f"attention-row-{i}")

@@ -42,7 +42,7 @@ def rollout_view(entries, image: Image.Image, head_fusion: str = "mean", discard
                  scale: float = 1.0) -> tuple[list[Image.Image], Image.Image]:
     """(one row image per model: [input | rollout | mask], the shared colour bar)."""
     maps = rollout_maps(entries, image, head_fusion, discard_ratio, scale)
-    vmax = max(float(flow.max()) for _, _, flow in maps)
+    vmax = render.scale_top([flow for _, _, flow in maps])
     rows = []
     for label, picture, flow in maps:
         base = np.asarray(picture.resize((render.TILE, render.TILE), Image.Resampling.BICUBIC), dtype=np.float32)
@@ -50,7 +50,7 @@ def rollout_view(entries, image: Image.Image, head_fusion: str = "mean", discard
         rows.append(render.tile_row([(base.astype(np.uint8), label[:24]),
                                      (render.overlay(base, flow, 0.0, vmax), f"rollout ({head_fusion})"),
                                      (render.masked(base, mask), f"mask {KEEP_MASS:.0%}")]))
-    return rows, render.colorbar(0.0, vmax)
+    return rows, render.colorbar(0.0, vmax, saturates=True)
 
 
 def rollout_handler(explorer, image: Any, head_fusion: str | None = "mean", discard_ratio: float | None = 0.0,
