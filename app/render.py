@@ -18,7 +18,7 @@ CAPTION = 18  # px of text band under each map
 HEAT_ALPHA = 0.6  # share of the heat map in an overlay; the rest is the image
 MASK_DIM = 0.2  # brightness left to patches outside the mask
 # The top of a shared heat-map scale is this percentile of the values drawn: a few hot patches (one model's outlier
-# tokens reach 30-80x uniform on photos) then show in the top colour instead of darkening every other map.
+# tokens, tens of times uniform) then show in the top colour instead of darkening every other map.
 SCALE_TOP_PERCENTILE = 99.0
 
 
