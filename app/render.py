@@ -92,10 +92,10 @@ def colorbar(vmin: float, vmax: float, width: int = 512, height: int = 16, unit:
     for frac in (0.0, 0.5, 1.0):
         x = 10 + int(frac * (width - 1))
         text = f"{vmin + frac * (vmax - vmin):.{1 if unit else 2}f}{unit}"
-        if saturates and frac == 1.0:
-            text = f">={text}"
-        draw.text((min(max(x - 10, 0), width - 20 - (12 if saturates and frac == 1.0 else 0)), height + 4), text,
-                  fill="black", font=face)
+        top_saturates = saturates and frac == 1.0
+        text = f">={text}" if top_saturates else text
+        draw.text((min(max(x - 10, 0), width - 20 - (12 if top_saturates else 0)), height + 4), text, fill="black",
+                  font=face)
     return bar
 
 

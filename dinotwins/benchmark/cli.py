@@ -16,7 +16,8 @@ dinotwins/presets/bench.yaml), `--method` and `--set key=value`, e.g. `--set pre
 Under `torchrun` (e.g. `OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m dinotwins.bench --threads 1
 --set batch_size=32`: one process per core, as a DDP training would run) each process times its own step and
 rank 0 prints one row for the group: the batch is the group's, a round lasts as long as its slowest process, and the
-peak is the sum of the processes' peaks measured side by side; the official step then runs in DDP too.
+peak is the sum of the processes' peaks measured side by side (the matmul ceiling's product counts and solo time
+stay rank 0's own, its GFLOP the group's); the official step then runs in DDP too.
 
 Data mode (`--data-pipeline`) measures augmented multi-crop images per second, with the config's crops and batch
 size, from Fashion-MNIST (in memory) and from a folder of JPEGs decoded from disk.

@@ -110,14 +110,14 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         if product_rows:
             peak_now = best_peak_now()
             lines = slowest_products(products.counts, device, peak_now, product_rows)
-            if distributed.current().is_main:
+            if trainer.dist.is_main:
                 print(f"matrix products of one step ({cfg.method}), each timed alone, against a {peak_now:.3f} "
                       "TFLOP/s peak", *lines, sep="\n", file=sys.stderr)
         syncs = {name: count_device_syncs(run) for name, run in sides.items()} if device.type == "cuda" else {}
         for name, run in sides.items() if profile_rows else ():
             print_profile(run, steps, profile_rows, f"{name} ({cfg.method}, {dtype})" if name == "ours" else name)
     flop_share = ceiling["matmul_gflop_per_step"] * 1e9 / flops_per_step
-    world = distributed.current().world_size
+    world = trainer.dist.world_size
     if world > 1:  # under torchrun: the whole group's images, FLOPs and peak per round (module docstring)
         seconds = {name: across_ranks(values, "max") for name, values in seconds.items()}
         peaks = {dt: across_ranks(values, "sum") for dt, values in peaks.items()}
