@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dinotwins.evaluation.attention_masks import (attention_jaccard, jaccard, mass_on_object, mass_threshold_mask,
-                                                  object_area, object_maps, upsample_mask)
+from dinotwins.evaluation.attention_masks import (attention_jaccard, jaccard, mask_extent, mass_on_object,
+                                                  mass_threshold_mask, object_area, object_maps, upsample_mask)
 
 
 def test_mass_threshold_keeps_the_smallest_set_reaching_the_mass():
@@ -52,6 +52,19 @@ def test_attention_jaccard_for_mean_map_and_each_head():
     mean_heads, per_head = attention_jaccard(attn, obj, keep_mass=0.6)
     assert per_head.tolist() == [1.0, 0.0]
     assert mean_heads == pytest.approx(0.5)  # the mean map keeps both patches: 4 object px of 8
+
+
+def test_mask_extent_is_the_mean_masks_size_and_its_share_on_the_object():
+    obj = torch.zeros(2, 4, 4, dtype=torch.bool)
+    obj[:, :2, :2] = True  # the object fills the top-left patch of a 2 x 2 grid
+    peaked = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # one patch: a quarter of the image, all on the object
+    flat = torch.ones(2, 2)  # 60 % of an even map takes three patches, one of them on the object
+    attn = torch.stack([peaked, flat])[:, None].expand(2, 3, 2, 2)
+    area, on_object = mask_extent(attn, obj, keep_mass=0.6)
+    assert area == pytest.approx((1 / 4 + 3 / 4) / 2)
+    assert on_object == pytest.approx((1.0 + 1 / 3) / 2)
+    jaccards = torch.tensor([1.0, 1 / 3])  # the same two masks' Jaccard: what the two figures explain
+    assert attention_jaccard(attn, obj, keep_mass=0.6)[0] == pytest.approx(jaccards.mean().item())
 
 
 def test_mass_on_object_reads_against_the_object_area():

@@ -5,7 +5,8 @@ mass: sort descending, cumulative sum, keep until the mass is reached (DINO's `v
 threshold, 0.6 by default). `attention_jaccard` upsamples those patch masks to pixels (nearest) and takes the
 Jaccard index (intersection over union) with the object masks, for the mean-of-heads map and for each head.
 `mass_on_object` is the share of the mean-of-heads map's mass that lies on the object: a map blind to the object
-puts about the object's area there, so it reads against `object_area`. The Jaccard index has no such reference:
+puts about the object's area there, so it reads against `object_area`. `mask_extent` splits the mean-of-heads
+Jaccard into what it is made of: the mask's size and its share on the object. The Jaccard index has no such reference:
 a mask of 60 % of the image placed without regard to an object covering a share a of it scores about
 0.6a / (0.6 + 0.4a), 0.20 for the scenes test split's a = 0.23. Nor is 1 its top: `object_maps`, the maps a
 model looking at the object alone would draw (each patch weighted by how much of it the object covers), keep 60 %
@@ -63,12 +64,28 @@ def attention_jaccard(attn: Tensor, object_masks: Tensor, keep_mass: float = KEE
     the patches before the heads are averaged, so every head weighs the same in the mean map.
     """
     size = tuple(object_masks.shape[-2:])
-    probs = normalized(attn)  # (N, heads, h, w)
-    mean_mask = upsample_mask(mass_threshold_mask(probs.mean(dim=1), keep_mass), size)  # (N, H, W)
-    head_masks = upsample_mask(mass_threshold_mask(probs, keep_mass), size)  # (N, heads, H, W)
-    mean_heads = jaccard(mean_mask, object_masks).mean().item()
+    head_masks = upsample_mask(mass_threshold_mask(normalized(attn), keep_mass), size)  # (N, heads, H, W)
+    mean_heads = jaccard(mean_heads_mask(attn, size, keep_mass), object_masks).mean().item()
     per_head = jaccard(head_masks, object_masks[:, None]).mean(dim=0)  # (heads,)
     return mean_heads, per_head
+
+
+def mask_extent(attn: Tensor, object_masks: Tensor, keep_mass: float = KEEP_MASS) -> tuple[float, float]:
+    """(mean share of the image the mean-of-heads mask covers, mean share of that mask's pixels on the object).
+
+    What a Jaccard index is made of: a diffuse map needs many patches to reach keep_mass (a large mask, low J
+    however well it is centred), a peaked one on the background gives a small mask off the object.
+    attn (N, heads, h, w), object_masks bool (N, H, W).
+    """
+    mask = mean_heads_mask(attn, tuple(object_masks.shape[-2:]), keep_mass)  # (N, H, W)
+    area = mask.flatten(-2).double().mean(-1)
+    on_object = (mask & object_masks).flatten(-2).sum(-1).double() / mask.flatten(-2).sum(-1).clamp_min(1)
+    return area.mean().item(), on_object.mean().item()
+
+
+def mean_heads_mask(attn: Tensor, size: tuple[int, int], keep_mass: float = KEEP_MASS) -> Tensor:
+    """bool (N, H, W): the mass mask of the mean of the heads' normalized maps (N, heads, h, w), at pixel size."""
+    return upsample_mask(mass_threshold_mask(normalized(attn).mean(dim=1), keep_mass), size)
 
 
 def normalized(attn: Tensor) -> Tensor:

@@ -11,7 +11,8 @@ that looks at the object and nothing else scores, the top of the attention colum
   cut at 60 % of its mass, against the object, for the mean-of-heads map and the best head (attention_masks.py).
   When --data has masks its test split is used; otherwise (Fashion-MNIST, CIFAR-10, folders) the first
   `MASK_IMAGES` images of synthetic's test split, generated at the model's size; beside it the share of the
-  mean-of-heads map's mass on the object, and the object's share of the image (what a map blind to it gets);
+  mean-of-heads map's mass on the object, the object's share of the image (what a map blind to it gets), and
+  what the mean-of-heads Jaccard is made of: its mask's share of the image and the share of the mask on the object;
 - foreground probe (patch_probe.py): where --data has object masks in both splits, a logistic regression on the
   last-layer patch tokens of the first `PROBE_IMAGES` train images, telling object patches from background ones;
   the IoU of its foreground on the test split;
@@ -46,8 +47,8 @@ from dinotwins.data import load_dataset
 from dinotwins.data.augment import eval_transform
 from dinotwins.data.dataset import ImageDataset
 from dinotwins.errors import UserError
-from dinotwins.evaluation.attention_masks import (KEEP_MASS, attention_jaccard, mass_on_object, object_area,
-                                                   object_maps)
+from dinotwins.evaluation.attention_masks import (KEEP_MASS, attention_jaccard, mask_extent, mass_on_object,
+                                                   object_area, object_maps)
 from dinotwins.evaluation.embedding_health import effective_rank, embedding_std
 from dinotwins.evaluation.features import (BATCH_SIZE, DEFAULT_CACHE_DIR, extract_features, normalization_of,
                                            raw_pixel_features)
@@ -59,13 +60,14 @@ from dinotwins.evaluation.probe import linear_probe
 LABEL_FRACTION = 0.1  # the DinoTwins paper's low-label protocol
 MASK_DATA = "synthetic"  # where attention masks are scored when --data has no object masks
 MASK_IMAGES = 1024
-ATTENTION_KEYS = ("attn_jaccard_mean_heads", "attn_jaccard_best_head", "attn_on_object", "object_area")
+ATTENTION_KEYS = ("attn_jaccard_mean_heads", "attn_jaccard_best_head", "attn_on_object", "object_area",
+                  "attn_mask_area", "attn_mask_on_object")
 NEIGHBOUR_KEYS = {"object": "nn_same_object", "background": "nn_same_background"}  # made_from name -> column
 COLUMNS = ("model", "knn_top1", "knn_top5", "linear_top1", "linear_top5", *ATTENTION_KEYS, "patch_fg_iou",
            *NEIGHBOUR_KEYS.values(), "effective_rank", "embedding_std", "num_train", "num_test")
 HEADERS = ("model", "k-NN top-1", "k-NN top-5", "linear top-1", "linear top-5", "attn J (mean)",
-           "attn J (best head)", "attn on object", "object area", "patch fg IoU", "NN same object", "NN same bg",
-           "eff. rank", "emb. std", "train", "test")
+           "attn J (best head)", "attn on object", "object area", "mask area", "mask on object", "patch fg IoU",
+           "NN same object", "NN same bg", "eff. rank", "emb. std", "train", "test")
 PROBE_IMAGES = 1000  # train images the foreground probe learns from (64 patches each at 64 px / 8)
 RAW_PIXELS = "raw pixels"
 
@@ -167,7 +169,7 @@ def map_scores(maps: torch.Tensor, masks: torch.Tensor, keep_mass: float = KEEP_
     """`ATTENTION_KEYS` of maps (N, heads, h, w) against bool masks (N, H, W)."""
     mean_heads, per_head = attention_jaccard(maps, masks, keep_mass)
     return dict(zip(ATTENTION_KEYS, (mean_heads, per_head.max().item(), mass_on_object(maps, masks),
-                                     object_area(masks))))
+                                     object_area(masks), *mask_extent(maps, masks, keep_mass))))
 
 
 def evaluate_object_maps(model, test: ImageDataset, keep_mass: float = KEEP_MASS,
