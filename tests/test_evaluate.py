@@ -171,6 +171,19 @@ def test_models_of_two_shapes_get_a_random_init_baseline_each_named_by_its_shape
     assert names[6] == rows_module.object_maps_name(16, 4)  # the three share one patch grid
 
 
+def test_the_random_init_row_is_the_mean_of_its_seeds(tiny_model, tmp_path):
+    data = load_dataset("synthetic:32", "train", image_size=16)
+    rows = rows_module.evaluate_all([tiny_model], data, data, k=5, seed=3, random_inits=2, cache_dir=tmp_path)
+    seeded = [rows_module.evaluate_model(LoadedModel.random_like(tiny_model, seed=s), data, data, k=5, seed=3,
+                                         cache_dir=tmp_path) for s in (3, 4)]
+    row = rows[2]
+    assert row["model"] == f"{seeded[0]['model']}, mean of 2 seeds"
+    assert seeded[0]["attn_jaccard_mean_heads"] != seeded[1]["attn_jaccard_mean_heads"]  # the seeds differ
+    for key in ("knn_top1", "attn_jaccard_mean_heads", "attn_mask_area", "effective_rank"):
+        assert row[key] == pytest.approx((seeded[0][key] + seeded[1][key]) / 2), key
+    assert row["num_train"] == len(data) and row["object_area"] == seeded[0]["object_area"]
+
+
 # ------------------------------------------------------------------------------------------------ command line
 def test_cli_json_has_a_row_per_model_and_the_baselines(smoke_runs, tmp_path, capsys):
     args = [str(smoke_runs["dino"]), str(smoke_runs["barlow"] / "model.safetensors"), "--data", "synthetic:64",
@@ -212,6 +225,7 @@ def test_cli_markdown_table_without_baselines(smoke_runs, tmp_path, capsys):
     (["--data", "synthetic:64", "--json", "--markdown"], "not allowed with"),
     (["--data", "synthetic:64", "--attention-layer", "-1"], "--attention-layer must be a block number"),
     (["--data", "synthetic:64", "--attention-layer", "99"], "blocks; pick 1 to"),
+    (["--data", "synthetic:64", "--random-inits", "0"], "--random-inits must be at least 1"),
 ])
 def test_cli_user_errors_are_one_line_and_exit_2(smoke_runs, tmp_path, capsys, extra, message):
     assert main([str(smoke_runs["dino"]), "--cache-dir", str(tmp_path), *extra]) == 2

@@ -18,8 +18,8 @@ from dinotwins.data import SPEC_SYNTAX, load_dataset, sources_help
 from dinotwins.errors import UserError
 from dinotwins.evaluation.features import DEFAULT_CACHE_DIR
 from dinotwins.evaluation.knn import KNN_K, KNN_TEMPERATURE
-from dinotwins.evaluation.rows import (LABEL_FRACTION, check_options, evaluate_all, format_json, format_markdown,
-                                       format_table, limit_dataset)
+from dinotwins.evaluation.rows import (LABEL_FRACTION, RANDOM_INITS, check_options, evaluate_all, format_json,
+                                       format_markdown, format_table, limit_dataset)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "last block")
     p.add_argument("--limit-train", type=int, metavar="N", help="a seeded random N of the train split")
     p.add_argument("--limit-test", type=int, metavar="N", help="a seeded random N of the test split")
-    p.add_argument("--seed", type=int, default=0, help="subsets, the probe's labeled split, the random-init ViT")
+    p.add_argument("--seed", type=int, default=0, help="subsets, the probe's labeled split, the random-init ViTs")
+    p.add_argument("--random-inits", type=int, default=RANDOM_INITS, metavar="N",
+                   help=f"random-init ViTs averaged in the baseline row, seeded --seed, --seed + 1, ... "
+                        f"(default {RANDOM_INITS})")
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="add raw-pixel and random-init ViT rows (default: yes)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help=f"feature cache (default {DEFAULT_CACHE_DIR})")
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.attention_layer < 0:
         raise UserError(f"--attention-layer must be a block number (1 = first) or 0 for the last, got "
                         f"{args.attention_layer}")
-    for flag, value in (("--limit-train", args.limit_train), ("--limit-test", args.limit_test)):
+    for flag, value in (("--limit-train", args.limit_train), ("--limit-test", args.limit_test),
+                        ("--random-inits", args.random_inits)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     device = _device(args.device)
@@ -92,7 +96,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return evaluate_all(models, train, test, k=args.k, temperature=args.temperature,
                         label_fraction=args.label_fraction, seed=args.seed, baselines=args.baselines,
                         cache_dir=args.cache_dir, progress=not args.no_progress,
-                        attention_scale=args.attention_scale, attention_layer=args.attention_layer)
+                        attention_scale=args.attention_scale, attention_layer=args.attention_layer,
+                        random_inits=args.random_inits)
 
 
 def distinct_names(names: list[str], paths: list[str | Path]) -> list[str]:

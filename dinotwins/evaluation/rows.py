@@ -1,7 +1,8 @@
 """The evaluation of frozen self-supervised ViTs, one row per model (`python -m dinotwins.evaluate`, cli.py).
 
-One row per model, plus baselines (raw pixels; a randomly initialized ViT for each distinct model shape, named by
-its blocks, width, heads, image and patch size, so models of two sizes get two random rows) and, for the attention
+One row per model, plus baselines (raw pixels; randomly initialized ViTs for each distinct model shape, averaged
+over `RANDOM_INITS` seeds, since one random ViT's attention scores depend on its seed, named by its blocks, width,
+heads, image and patch size, so models of two sizes get two random rows) and, for the attention
 columns alone, the object masks themselves drawn as maps at each distinct patch grid (`object_maps`: what a model
 that looks at the object and nothing else scores, the top of the attention columns):
 - k-NN: the DINO paper's weighted vote (k = 20, T = 0.07) of the test split against every train label (knn.py);
@@ -68,6 +69,7 @@ COLUMNS = ("model", "knn_top1", "knn_top5", "linear_top1", "linear_top5", *ATTEN
 HEADERS = ("model", "k-NN top-1", "k-NN top-5", "linear top-1", "linear top-5", "attn J (mean)",
            "attn J (best head)", "attn on object", "object area", "mask area", "mask on object", "patch fg IoU",
            "NN same object", "NN same bg", "eff. rank", "emb. std", "train", "test")
+RANDOM_INITS = 3  # seeds averaged in the random-init row: one seed's attention Jaccard moves by 0.05-0.09
 PROBE_IMAGES = 1000  # train images the foreground probe learns from (64 patches each at 64 px / 8)
 RAW_PIXELS = "raw pixels"
 
@@ -172,6 +174,24 @@ def map_scores(maps: torch.Tensor, masks: torch.Tensor, keep_mass: float = KEEP_
                                      object_area(masks), *mask_extent(maps, masks, keep_mass))))
 
 
+def mean_row(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """One row named `name`: each column the mean of the rows' values (None where any row has none)."""
+    out: dict[str, Any] = {"model": name}
+    for key in COLUMNS[1:]:
+        values = [row[key] for row in rows]
+        if any(v is None for v in values):
+            out[key] = None
+        elif all(v == values[0] for v in values):  # the counts, and what the seeds share (the object's area)
+            out[key] = values[0]
+        else:
+            out[key] = float(np.mean(values))
+    return out
+
+
+def random_init_name(name: str, inits: int) -> str:
+    return name if inits == 1 else f"{name}, mean of {inits} seeds"
+
+
 def evaluate_object_maps(model, test: ImageDataset, keep_mass: float = KEEP_MASS,
                          scale: float = 1.0) -> dict[str, Any]:
     """The reference row of the attention columns at `model`'s patch grid (input size `scale` x its own): the
@@ -267,10 +287,11 @@ def format_json(rows: list[dict[str, Any]]) -> str:
 def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: int = KNN_K,
                  temperature: float = KNN_TEMPERATURE, label_fraction: float = LABEL_FRACTION, seed: int = 0,
                  baselines: bool = True, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
-                 progress: bool = False, attention_scale: float = 1.0,
-                 attention_layer: int = 0) -> list[dict[str, Any]]:
-    """The rows of `LoadedModel`s, then (with `baselines`) raw pixels, one random-init ViT per distinct shape
-    among the models and the object masks as maps per distinct patch grid, in the models' order."""
+                 progress: bool = False, attention_scale: float = 1.0, attention_layer: int = 0,
+                 random_inits: int = RANDOM_INITS) -> list[dict[str, Any]]:
+    """The rows of `LoadedModel`s, then (with `baselines`) raw pixels, one random-init row per distinct shape
+    among the models (the mean of `random_inits` ViTs seeded seed, seed + 1, ...) and the object masks as maps per
+    distinct patch grid, in the models' order."""
     from dinotwins.models.load import LoadedModel
 
     options = dict(k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
@@ -280,11 +301,13 @@ def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: in
     rows = [evaluate_model(m, train, test, **shared, **options) for m in models]
     if baselines:
         rows.append(evaluate_raw_pixels(train, test, **options))
-        randoms: dict[str, LoadedModel] = {}
+        shapes: dict[str, Any] = {}
         for m in models:  # one per shape: settings that leave the weights alone (drop path) do not count
-            random_model = LoadedModel.random_like(m, seed=seed)
-            randoms.setdefault(random_model.name, random_model)
-        rows += [evaluate_model(m, train, test, **shared, **options) for m in randoms.values()]
+            shapes.setdefault(LoadedModel.random_like(m, seed=seed).name, m)
+        for name, m in shapes.items():
+            seeded = [evaluate_model(LoadedModel.random_like(m, seed=seed + i), train, test, **shared, **options)
+                      for i in range(random_inits)]
+            rows.append(mean_row(seeded, random_init_name(name, random_inits)))
         grids = {}  # one per patch grid at the attention's input size
         for m in models:
             size = m.input_size(attention_scale)
