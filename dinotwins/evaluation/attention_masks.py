@@ -5,12 +5,12 @@ mass: sort descending, cumulative sum, keep until the mass is reached (DINO's `v
 threshold, 0.6 by default). `attention_jaccard` upsamples those patch masks to pixels (nearest) and takes the
 Jaccard index (intersection over union) with the object masks, for the mean-of-heads map and for each head.
 `mass_on_object` is the share of the mean-of-heads map's mass that lies on the object: a map blind to the object
-puts about the object's area there, so it reads against `object_area`. `mask_extent` splits the mean-of-heads
-Jaccard into what it is made of: the mask's size and its share on the object. The Jaccard index has no such reference:
+puts about the object's area there, so it reads against `object_area`. The Jaccard index has no such reference:
 a mask of 60 % of the image placed without regard to an object covering a share a of it scores about
 0.6a / (0.6 + 0.4a), 0.20 for the scenes test split's a = 0.23. Nor is 1 its top: `object_maps`, the maps a
 model looking at the object alone would draw (each patch weighted by how much of it the object covers), keep 60 %
-of the object and score about 0.6 (rows.py reports them beside the models).
+of the object and score about 0.6 (rows.py reports them beside the models). `mask_extent` splits the
+mean-of-heads Jaccard into what it is made of: the mask's size and its share on the object.
 
 Pure tensor functions; the model call that produces the maps lives in rows.py.
 """
