@@ -301,13 +301,14 @@ def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: in
     rows = [evaluate_model(m, train, test, **shared, **options) for m in models]
     if baselines:
         rows.append(evaluate_raw_pixels(train, test, **options))
-        shapes: dict[str, Any] = {}
+        randoms: dict[str, LoadedModel] = {}
         for m in models:  # one per shape: settings that leave the weights alone (drop path) do not count
-            shapes.setdefault(LoadedModel.random_like(m, seed=seed).name, m)
-        for name, m in shapes.items():
-            seeded = [evaluate_model(LoadedModel.random_like(m, seed=seed + i), train, test, **shared, **options)
-                      for i in range(random_inits)]
-            rows.append(mean_row(seeded, random_init_name(name, random_inits)))
+            random_model = LoadedModel.random_like(m, seed=seed)
+            randoms.setdefault(random_model.name, random_model)
+        for name, first in randoms.items():
+            seeded = [first, *(LoadedModel.random_like(first, seed=seed + i) for i in range(1, random_inits))]
+            scored = [evaluate_model(r, train, test, **shared, **options) for r in seeded]
+            rows.append(mean_row(scored, random_init_name(name, random_inits)))
         grids = {}  # one per patch grid at the attention's input size
         for m in models:
             size = m.input_size(attention_scale)
