@@ -77,3 +77,37 @@ def test_recheck_rewrites_only_the_quick_check(tmp_path, capsys):
     assert ship_main(["--recheck", str(empty)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and not any(empty.iterdir())
+
+
+@pytest.mark.slow
+def test_rescore_rewrites_the_full_rows_and_shares_the_baselines_of_one_shape(tmp_path, capsys):
+    from dinotwins.evaluation.rows import RANDOM_INITS, random_init_name
+    from dinotwins.models.ship import main as ship_main
+
+    folders = [tmp_path / "a", tmp_path / "b"]
+    report = json.loads((DEMO / "fashion-mnist" / "dino" / "eval.json").read_text())
+    for folder in folders:  # the same weights twice, scored on a small synthetic set instead of the full splits
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes((DEMO / "fashion-mnist" / "dino" / "model.safetensors").read_bytes())
+        (folder / "eval.json").write_text(json.dumps({**report, "data": "synthetic:64"}))
+    assert ship_main(["--rescore", *map(str, folders)]) == 0
+    a, b = (json.loads((folder / "eval.json").read_text()) for folder in folders)
+    kept = {k: v for k, v in report.items() if k not in ("full", "baselines", "data", "scoring")}
+    assert {k: v for k, v in a.items() if k in kept} == kept and a["data"] == "synthetic:64"
+    assert (a["full"]["num_train"], a["full"]["num_test"]) == (64, 64) and a["full"] != report["full"]
+    assert a["full"]["attn_jaccard_mean_heads"] is not None and (a["full"]["model"], b["full"]["model"]) == ("a", "b")
+    assert {**a["full"], "model": "b"} == b["full"]  # the same weights give the same row
+    names = [row["model"] for row in a["baselines"]]
+    model = load_model(folders[0])
+    random_name = random_init_name(model.random_like(model).name, RANDOM_INITS)
+    assert names == ["raw pixels", random_name, "object masks as maps (28 px, 7 x 7 patches)"]
+    assert a["baselines"] == b["baselines"] and a["scoring"]["cpu"] and a["scoring"]["commit"]
+    # one folder that python -m dinotwins.ship did not write: one line, exit 2, and neither folder rewritten
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    before = (folders[0] / "eval.json").read_bytes()
+    capsys.readouterr()
+    assert ship_main(["--rescore", str(folders[0]), str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "empty" in err
+    assert (folders[0] / "eval.json").read_bytes() == before and not any(empty.iterdir())

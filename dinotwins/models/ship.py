@@ -12,6 +12,9 @@ With `--exports STEP ...`, the run's weights kept at those steps (`exports/`, fr
 explorer's Over training tab can show the shipped model's attention along the way.
 `python -m dinotwins.ship --recheck DEST ...` recomputes only the `quick_check` of shipped folders, in place (after a
 change to `QUICK_CHECK`); the rest of eval.json stays as it was measured.
+`python -m dinotwins.ship --rescore DEST ...` recomputes `full` and `baselines` on the full splits, in place (after a
+change to the evaluation, such as the random-init row becoming a mean of seeds); folders of one data set and one
+model shape are scored together, so they share one set of baseline rows. `scoring` says where either was measured.
 """
 
 from __future__ import annotations
@@ -67,15 +70,57 @@ def recheck(dest: Path) -> dict[str, Any]:
     """Recompute the quick check of the shipped folder `dest` and write it into its eval.json."""
     from dinotwins.models.load import load_model
 
-    try:
-        report = json.loads((dest / "eval.json").read_text())
-        data = report["data"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{dest} has no readable eval.json with its data ({exc.__class__.__name__}); "
-                        "recheck a folder that python -m dinotwins.ship wrote") from None
-    report["quick_check"] = quick_check_entry(load_model(dest / "model.safetensors"), data)
+    report = read_report(dest, "recheck")
+    report["quick_check"] = quick_check_entry(load_model(dest / "model.safetensors"), report["data"])
     _write_report(dest, report)
     return report["quick_check"]
+
+
+def scoring_note() -> dict[str, Any]:
+    """eval.json's `scoring`: the commit, CPU and thread count its `full` and `baselines` were measured at."""
+    import torch
+
+    from dinotwins.benchmark.cpu import cpu_description
+    from dinotwins.models.export import git_commit
+
+    return {"commit": git_commit(), "cpu": cpu_description()["cpu"], "threads": torch.get_num_threads()}
+
+
+def read_report(dest: Path, action: str) -> dict[str, Any]:
+    """The eval.json of a shipped folder, with its data; UserError naming the folder otherwise."""
+    try:
+        report = json.loads((dest / "eval.json").read_text())
+        if not isinstance(report["data"], str):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{dest} has no readable eval.json with its data ({exc.__class__.__name__}); "
+                        f"{action} a folder that python -m dinotwins.ship wrote") from None
+    return report
+
+
+def rescore(dests: list[Path]) -> dict[Path, dict[str, Any]]:
+    """Recompute `full` and `baselines` of the shipped folders `dests` on their data's full splits and write them
+    into each eval.json (with `scoring`); nothing is written unless every folder reads and scores."""
+    from dinotwins.data import load_dataset
+    from dinotwins.evaluation.rows import evaluate_all
+    from dinotwins.models.load import LoadedModel, load_model
+
+    reports = {dest: read_report(dest, "rescore") for dest in dests}
+    models = {dest: load_model(dest / "model.safetensors") for dest in dests}
+    groups: dict[tuple[str, str], list[Path]] = {}  # one evaluation per data set and model shape
+    for dest, model in models.items():
+        shape = LoadedModel.random_like(model).name
+        groups.setdefault((reports[dest]["data"], shape), []).append(dest)
+    note, scored = scoring_note(), {}
+    for (data, _), members in groups.items():
+        size = models[members[0]].image_size
+        train, test = (load_dataset(data, split, image_size=size) for split in ("train", "test"))
+        rows = evaluate_all([models[dest] for dest in members], train, test)
+        for i, dest in enumerate(members):
+            scored[dest] = {**reports[dest], "full": rows[i], "baselines": rows[len(members):], "scoring": note}
+    for dest, report in scored.items():
+        _write_report(dest, report)
+    return scored
 
 
 def _write_report(dest: Path, report: dict[str, Any]) -> None:
@@ -112,6 +157,7 @@ def ship(run_dir: Path, dest: Path, command: str, data: str, device_note: str,
         "train_seconds": round(train_seconds([r for r in metrics if r["step"] <= steps], int(config["batch_size"])), 1),
         "full": full[0],
         "baselines": full[1:],
+        "scoring": scoring_note(),
         "quick_check": quick_check_entry(model, data),
     }
     dest.mkdir(parents=True, exist_ok=True)
@@ -136,14 +182,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="also ship the run's exports/ of these steps (the Over training tab)")
     p.add_argument("--recheck", type=Path, nargs="+", metavar="SHIPPED",
                    help="instead: recompute the quick check of these shipped folders, in place")
+    p.add_argument("--rescore", type=Path, nargs="+", metavar="SHIPPED",
+                   help="instead: recompute the full-split rows and baselines of these shipped folders, in place")
     try:
         args = p.parse_args(argv)
         if args.recheck:
             for dest in args.recheck:
                 print(dest, json.dumps(recheck(dest)["row"]))
             return 0
+        if args.rescore:
+            for dest, report in rescore(args.rescore).items():
+                print(dest, json.dumps(report["full"]))
+            return 0
         if args.run_dir is None or args.dest is None or args.command is None:
-            p.error("give RUN_DIR DEST --command '...' to ship, or --recheck SHIPPED ...")
+            p.error("give RUN_DIR DEST --command '...' to ship, or --recheck or --rescore SHIPPED ...")
         report = ship(args.run_dir, args.dest, args.command, args.data, args.device_note, args.exports)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
