@@ -144,3 +144,16 @@ def test_the_slowest_products_come_first_with_their_layout():
     share, speed, calls, rest = lines[1].split(maxsplit=3)
     assert calls == "2" and rest == "(512, 512) ((512, 1)) x (512, 512) ((1, 512)) float32"
     assert 95 < float(share.rstrip("%")) <= 100 and float(speed.rstrip("%")) > 0
+
+
+def test_the_cpu_is_named_with_its_family_and_model_and_the_flags_that_pick_the_dtype(tmp_path):
+    from dinotwins.benchmark.cpu import cpu_description
+
+    block = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n" \
+            "flags\t\t: fpu avx2 avx512f avx512_bf16 sse4_2\n"
+    info = tmp_path / "cpuinfo"
+    info.write_text(block.format(0) + "\n" + block.format(1).replace("model\t\t: 17", "model\t\t: 99"))
+    described = cpu_description(info)
+    assert described["cpu"] == "AMD EPYC (family 25 model 17)"  # the first processor's, not the last one's
+    assert described["cpu_flags"] == ["avx2", "avx512f", "avx512_bf16"]
+    assert cpu_description(tmp_path / "absent")["cpu"] == "unknown"

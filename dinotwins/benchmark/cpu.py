@@ -20,14 +20,18 @@ def cpu_isa_caps() -> dict[str, str]:
     return caps
 
 
-def cpu_description() -> dict[str, str | list[str] | dict[str, str]]:
-    """The CPU's model name, the instruction-set flags that decide the dtype (from /proc/cpuinfo) and the
-    instruction sets the libraries were capped to, if any (`cpu_isa`)."""
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str | list[str] | dict[str, str]]:
+    """The CPU's model name with its family and model numbers, the instruction-set flags that decide the dtype (from
+    /proc/cpuinfo) and the instruction sets the libraries were capped to, if any (`cpu_isa`)."""
     try:
-        info = Path("/proc/cpuinfo").read_text()
+        info = cpuinfo.read_text()
     except OSError:
         return {"cpu": "unknown", "cpu_flags": [], "cpu_isa": cpu_isa_caps()}
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    first = info.split("\n\n")[0].splitlines()  # the first processor's block
+    field = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first)}
+    name = field.get("model name", "?")
+    if field.get("cpu family") and field.get("model"):  # a vendor's one name covers several generations
+        name += f" (family {field['cpu family']} model {field['model']})"
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
     return {"cpu": name, "cpu_flags": [f for f in wanted if f in flags], "cpu_isa": cpu_isa_caps()}
