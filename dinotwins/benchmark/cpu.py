@@ -32,6 +32,6 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str | li
     name = field.get("model name", "?")
     if field.get("cpu family") and field.get("model"):  # a vendor's one name covers several generations
         name += f" (family {field['cpu family']} model {field['model']})"
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    flags = set(field.get("flags", "").split())
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
     return {"cpu": name, "cpu_flags": [f for f in wanted if f in flags], "cpu_isa": cpu_isa_caps()}
