@@ -147,7 +147,7 @@ def test_the_slowest_products_come_first_with_their_layout():
 
 
 def test_the_cpu_is_named_with_its_family_and_model_and_the_flags_that_pick_the_dtype(tmp_path):
-    from dinotwins.benchmark.cpu import cpu_description
+    from dinotwins.cpu import cpu_description, cpu_has_native_bf16
 
     block = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n" \
             "flags\t\t: fpu avx2 avx512f avx512_bf16 sse4_2\n"
@@ -157,3 +157,9 @@ def test_the_cpu_is_named_with_its_family_and_model_and_the_flags_that_pick_the_
     assert described["cpu"] == "AMD EPYC (family 25 model 17)"  # the first processor's, not the last one's
     assert described["cpu_flags"] == ["avx2", "avx512f", "avx512_bf16"]
     assert cpu_description(tmp_path / "absent")["cpu"] == "unknown"
+    # the training's bf16 choice reads the same flags: AVX512-BF16 or AMX count, AVX2 alone or no file does not
+    assert cpu_has_native_bf16(info)
+    info.write_text(block.format(0).replace(" avx512f avx512_bf16", ""))
+    assert not cpu_has_native_bf16(info) and not cpu_has_native_bf16(tmp_path / "absent")
+    info.write_text(block.format(0).replace("avx512_bf16", "amx_bf16"))
+    assert cpu_has_native_bf16(info)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dinotwins.benchmark.ceiling import RecordProducts, matmul_ceiling, slowest_products
-from dinotwins.benchmark.cpu import cpu_description
+from dinotwins.cpu import cpu_description
 from dinotwins.config import TrainConfig
 from dinotwins.training import distributed
 from dinotwins.training.distributed import synchronize

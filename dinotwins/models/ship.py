@@ -80,7 +80,7 @@ def scoring_note() -> dict[str, Any]:
     """eval.json's `scoring`: the commit, CPU and thread count its `full` and `baselines` were measured at."""
     import torch
 
-    from dinotwins.benchmark.cpu import cpu_description
+    from dinotwins.cpu import cpu_description
     from dinotwins.models.export import git_commit
 
     return {"commit": git_commit(), "cpu": cpu_description()["cpu"], "threads": torch.get_num_threads()}

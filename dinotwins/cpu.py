@@ -1,5 +1,6 @@
-"""What the benchmark says of the CPU: its model, the instruction-set flags that decide the dtype, and the
-instruction sets the loaded libraries were capped to."""
+"""What this CPU is, read once from /proc/cpuinfo: its model, the instruction-set flags that decide the dtype (training
+picks bf16 by them, the benchmark and eval.json report them), and the instruction sets the loaded libraries were capped
+to."""
 
 from __future__ import annotations
 
@@ -20,7 +21,12 @@ def cpu_isa_caps() -> dict[str, str]:
     return caps
 
 
-def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str | list[str] | dict[str, str]]:
+CPUINFO = Path("/proc/cpuinfo")
+REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 matmuls
+
+
+def cpu_description(cpuinfo: Path = CPUINFO) -> dict[str, str | list[str] | dict[str, str]]:
     """The CPU's model name with its family and model numbers, the instruction-set flags that decide the dtype (from
     /proc/cpuinfo) and the instruction sets the libraries were capped to, if any (`cpu_isa`)."""
     try:
@@ -33,5 +39,9 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str | li
     if field.get("cpu family") and field.get("model"):  # a vendor's one name covers several generations
         name += f" (family {field['cpu family']} model {field['model']})"
     flags = set(field.get("flags", "").split())
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
-    return {"cpu": name, "cpu_flags": [f for f in wanted if f in flags], "cpu_isa": cpu_isa_caps()}
+    return {"cpu": name, "cpu_flags": [f for f in REPORTED_FLAGS if f in flags], "cpu_isa": cpu_isa_caps()}
+
+
+def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
+    """True when the CPU's flags promise native bf16 matmuls (AVX512-BF16 or AMX); False where unreadable."""
+    return any(flag in BF16_FLAGS for flag in cpu_description(cpuinfo)["cpu_flags"])
