@@ -1,4 +1,4 @@
-"""What this CPU is, read once from /proc/cpuinfo: its model, the instruction-set flags that decide the dtype (training
+"""What this CPU is, read from /proc/cpuinfo: its model, the instruction-set flags that decide the dtype (training
 picks bf16 by them, the benchmark and eval.json report them), and the instruction sets the loaded libraries were capped
 to."""
 
