@@ -93,7 +93,7 @@ def test_auto_precision_follows_a_timing_not_only_the_cpu_flags(monkeypatch):
     from dinotwins.training import precision
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     for fp32_s, bf16_s, expected in ((1.0, 0.2, torch.bfloat16), (1.0, 0.9, None), (1.0, 30.0, None)):
         precision.forget_timing()
         monkeypatch.setattr(precision, "matmul_seconds", lambda dtype: fp32_s if dtype == torch.float32 else bf16_s)

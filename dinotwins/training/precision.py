@@ -41,7 +41,7 @@ def cpu_bf16_is_fast() -> bool:
     (measured once per process, a few ms where bf16 is native)."""
     global _bf16_fast
     if _bf16_fast is None:
-        _bf16_fast = (torch.backends.mkldnn.is_available() and _cpu_has_bf16()
+        _bf16_fast = (torch.backends.mkldnn.is_available() and cpu_has_native_bf16()
                       and matmul_seconds(torch.float32) / matmul_seconds(torch.bfloat16) >= BF16_MIN_SPEEDUP)
     return _bf16_fast
 
@@ -75,7 +75,3 @@ def matmul_seconds(dtype: torch.dtype, n: int = 256, repeats: int = 4, trials: i
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best
-
-
-def _cpu_has_bf16() -> bool:  # a seam the tests replace to act as a bf16 CPU
-    return cpu_has_native_bf16()
