@@ -309,7 +309,7 @@ def test_run_card_shows_provenance_and_the_table_the_eval_figures(entries):
 def test_training_curves_have_a_panel_per_quantity_and_a_trace_per_model(entries):
     fig = runs.curves_figure(entries, {"teacher_entropy": [("dino", 5.5, "ln K")]})
     titles = [a.text for a in fig.layout.annotations]
-    assert "loss (÷ its first value)" in titles and "teacher entropy (nats)" in titles and "ln K" in titles
+    assert "loss (÷ its first value)" in titles and "teacher entropy per image (nats)" in titles and "ln K" in titles
     loss = [t for t in fig.data if t.xaxis == "x"]  # the first panel: the loss of every model
     assert sorted(t.name for t in loss) == sorted(e.label for e in entries)
     assert all(t.y[0] == pytest.approx(1.0) for t in loss)
@@ -409,9 +409,11 @@ def test_runs_tab_draws_the_collapse_thresholds_the_training_monitor_uses(entrie
 
     lines = runs.collapse_thresholds(entries)
     dino_entropy = [v for label, v, _ in lines["teacher_entropy"] if label == "dino"]
-    assert dino_entropy == pytest.approx([0.01 * math.log(256), 0.99 * math.log(256)])  # smoke preset: K = 256
+    assert dino_entropy == pytest.approx([0.99 * math.log(256)])  # smoke preset: K = 256
+    dino_marginal = [v for label, v, _ in lines["teacher_marginal_entropy"] if label == "dino"]
+    assert dino_marginal == pytest.approx([0.01 * math.log(256)])
     assert {label for label, _, _ in lines["barlow_diag_rms_error"]} == {"barlow", "hybrid"}
     assert [label for label, _, _ in lines["loss_dino"]] == ["hybrid", "hybrid"]
     assert len(lines["embed_std"]) == 3
     fig = runs.curves_figure(entries, lines)
-    assert any("collapse: teacher entropy went to 0" in (a.text or "") for a in fig.layout.annotations)
+    assert any("collapse: one prototype wins for every image" in (a.text or "") for a in fig.layout.annotations)

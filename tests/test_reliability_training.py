@@ -26,9 +26,11 @@ from dinotwins.models.config import ModelConfig
 from dinotwins.objectives import base, dino
 from dinotwins.objectives.barlow import barlow_collapse_bands
 from dinotwins.objectives.dino import dino_collapse_bands
+from dinotwins.objectives.heads import DINOHead
 from dinotwins.training.checkpoint import latest_good, list_checkpoints, load_state, save_checkpoint
 from dinotwins.training.cli import main as train_main
 from dinotwins.training.collapse import CollapseMonitor, embedding_band
+from dinotwins.training.runlog import read_metrics
 from dinotwins.config import build_config, merge, read_yaml
 from dinotwins.errors import TrainingStopped, UserError
 from dinotwins.files import checksum_problem, sha256_file
@@ -315,13 +317,13 @@ def test_a_non_finite_gradient_stops_before_the_update(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- collapse
-HEALTHY = {"step": 100, "loss": 4.0, "loss_dino": 4.0, "teacher_entropy": 3.0, "kl_teacher_student": 0.5,
-           "embed_std": 0.1, "barlow_diag_rms_error": 0.2}
+HEALTHY = {"step": 100, "loss": 4.0, "loss_dino": 4.0, "teacher_entropy": 3.0, "teacher_marginal_entropy": 5.0,
+           "kl_teacher_student": 0.5, "embed_std": 0.1, "barlow_diag_rms_error": 0.2}
 
 
 @pytest.mark.parametrize("change,needle", [
     ({"loss_dino": math.log(256)}, "DINO loss sits at ln K"),
-    ({"teacher_entropy": 0.0}, "teacher entropy went to 0"),
+    ({"teacher_entropy": 0.0, "teacher_marginal_entropy": 0.0}, "one prototype wins for every image"),
     ({"teacher_entropy": math.log(256)}, "teacher entropy went to ln K"),
     ({"kl_teacher_student": 0.0}, "KL(teacher||student) went to 0"),
     ({"embed_std": 0.001}, "embedding std"),
@@ -339,6 +341,12 @@ def test_each_collapse_signal_fires_alone_and_only_after_patience(change, needle
     assert monitor.update(HEALTHY) == set()  # a healthy row clears it
 
 
+def test_a_sharp_teacher_spread_over_prototypes_is_not_a_collapse():
+    monitor = CollapseMonitor(dino_collapse_bands(256), warmup_steps=0, patience=1)
+    assert monitor.update({**HEALTHY, "teacher_entropy": 0.02}) == set()  # near one-hot per image, many prototypes
+    assert monitor.update({**HEALTHY, "teacher_entropy": 0.02, "teacher_marginal_entropy": 0.02}) != set()
+
+
 def force_collapse(monkeypatch, uniform_prototypes: bool) -> None:
     """Constant embeddings (every image maps to the same point, gradients still flow) and optionally all-zero
     DINO logits (uniform teacher and student)."""
@@ -347,6 +355,42 @@ def force_collapse(monkeypatch, uniform_prototypes: bool) -> None:
     if uniform_prototypes:
         real_forward = dino.DINOHead.forward
         monkeypatch.setattr(dino.DINOHead, "forward", lambda self, x: real_forward(self, x) * 0.0)
+
+
+def force_teacher_prototypes(monkeypatch, same_for_every_image: bool) -> None:
+    """A one-hot teacher (per-image entropy 0) on prototype 0 for every image, or on a different prototype per image
+    (a sharp, healthy teacher); the student's head is left as it is, and the center stays at 0 so centering cannot
+    undo the forcing."""
+    real_forward = DINOHead.forward
+
+    def forward(self, x):
+        out = real_forward(self, x)
+        if torch.is_grad_enabled():  # the student
+            return out
+        index = torch.zeros(len(x), dtype=torch.long) if same_for_every_image else torch.arange(len(x))
+        return out * 0.0 + 30.0 * torch.nn.functional.one_hot(index % out.shape[-1], out.shape[-1]).to(out.dtype)
+
+    monkeypatch.setattr(DINOHead, "forward", forward)
+    monkeypatch.setattr(dino.Center, "update", lambda self, teacher_out: None)
+
+
+@pytest.mark.parametrize("method", ["dino", "hybrid"])
+@pytest.mark.parametrize("same_for_every_image", [True, False])
+def test_the_monitor_tells_one_winning_prototype_from_a_sharp_teacher(monkeypatch, tmp_path, method,
+                                                                      same_for_every_image):
+    force_teacher_prototypes(monkeypatch, same_for_every_image)
+    trainer = Trainer(smoke_config(method, epochs=2, max_steps=8), tmp_path / "run", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.run()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert all(r["teacher_entropy"] < 1e-3 for r in rows)  # one-hot per image either way
+    messages = " ".join(str(w.message) for w in caught if "collapse at step" in str(w.message))
+    if same_for_every_image:
+        assert "one prototype wins for every image" in messages, messages
+    else:  # no warning at all; 16 images x 2 global views, each its own prototype: ln 32
+        assert messages == ""
+        assert all(r["teacher_marginal_entropy"] == pytest.approx(math.log(32), abs=1e-3) for r in rows)
 
 
 @pytest.mark.parametrize("method,uniform,expected", [

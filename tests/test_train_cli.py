@@ -32,8 +32,8 @@ def test_smoke_run_writes_config_metrics_checkpoint_and_export(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     for key in ("epoch", "loss", "loss_dino", "loss_barlow", "lr", "weight_decay", "momentum", "teacher_temp",
-                "img_per_s", "data_wait", "teacher_entropy", "kl_teacher_student", "embed_std", "barlow_on_diag",
-                "barlow_off_diag"):
+                "img_per_s", "data_wait", "teacher_entropy", "teacher_marginal_entropy", "kl_teacher_student",
+                "embed_std", "barlow_on_diag", "barlow_off_diag"):
         assert key in rows[-1], key
     assert (out / "model.safetensors").is_file()
     assert list((out / "checkpoints").glob("step_*.pt"))

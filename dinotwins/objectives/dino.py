@@ -9,7 +9,8 @@ Everything DINO adds to a backbone lives here:
 - per step: the teacher momentum, the teacher temperature (linear warm-up), the last-layer freeze;
 - the loss: the student sees all crops, the teacher the 2 global crops; cross-entropy over every (teacher view,
   other student view) pair (`losses.dino_loss`);
-- logged signals (teacher entropy, KL(teacher || student)) and the collapse bands they are checked against;
+- logged signals (the teacher's entropy per image and of its batch mean, KL(teacher || student)) and the collapse
+  bands they are checked against;
 - DINOv2's options (dinov2.py): KoLeo, Sinkhorn-Knopp centering, iBOT.
 
 What it is not: the loss maths (losses.py), the shared multi-crop forward and backward (base.py), the EMA update
@@ -235,20 +236,31 @@ def _distributed() -> bool:
 
 
 def teacher_signals(teacher_probs: list[Tensor], loss_dino: Tensor) -> dict[str, Tensor]:
-    """Teacher entropy (of its targets) and KL(teacher || student). Each teacher view meets the same number of
-    student views, so the mean cross-entropy minus the mean teacher entropy is exactly the mean KL over the pairs."""
+    """The teacher's mean entropy per image, the entropy of its batch-mean distribution (this process's batch) and
+    KL(teacher || student). A sharp teacher has a per-image entropy near 0 and, when healthy, a batch mean spread
+    over many prototypes; only when one prototype wins for every image does the batch mean's entropy go to 0 too.
+    Each teacher view meets the same number of student views, so the mean cross-entropy minus the mean teacher
+    entropy is exactly the mean KL over the pairs."""
     with torch.no_grad():
         probs = torch.cat(teacher_probs)
-        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
-        return {"teacher_entropy": entropy, "kl_teacher_student": loss_dino.detach() - entropy}
+        entropy = _entropy(probs).mean()
+        return {"teacher_entropy": entropy, "teacher_marginal_entropy": _entropy(probs.mean(0)),
+                "kl_teacher_student": loss_dino.detach() - entropy}
+
+
+def _entropy(probs: Tensor) -> Tensor:
+    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
 
 
 def dino_collapse_bands(out_dim: int, loss_key: str = "loss") -> list[CollapseBand]:
     """DINO's collapse zones: its loss (`loss_key`) within 1 % of ln K (teacher and student both uniform: nothing is
-    learned); teacher entropy below 1 % of ln K (one prototype wins for every image) or above 99 % (uniform
-    teacher); KL(teacher || student) within 1e-4 of 0 (the student copies a trivial teacher)."""
+    learned); the entropy of the teacher's batch-mean distribution below 1 % of ln K (one prototype wins for every
+    image; a low entropy per image alone is a sharp teacher, not a collapse); the teacher's entropy per image above
+    99 % of ln K (uniform teacher); KL(teacher || student) within 1e-4 of 0 (the student copies a trivial
+    teacher)."""
     log_k = math.log(out_dim)
     return [CollapseBand(loss_key, 0.99 * log_k, 1.01 * log_k, f"DINO loss sits at ln K = {log_k:.2f}"),
-            CollapseBand("teacher_entropy", -math.inf, 0.01 * log_k, "teacher entropy went to 0"),
+            CollapseBand("teacher_marginal_entropy", -math.inf, 0.01 * log_k,
+                         "one prototype wins for every image (entropy of the teacher's batch mean went to 0)"),
             CollapseBand("teacher_entropy", 0.99 * log_k, math.inf, "teacher entropy went to ln K (uniform teacher)"),
             CollapseBand("kl_teacher_student", -1e-4, 1e-4, "KL(teacher||student) went to 0")]
