@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 
@@ -40,6 +41,33 @@ def test_backbone_takes_global_and_local_crop_sizes():
     model = create_backbone(TINY)
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 24)
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 24)
+
+
+def test_the_patch_projection_is_timms_patch_convolution_with_the_same_weights_and_random_draws():
+    torch.manual_seed(0)
+    timm_model = timm.create_model(TINY.arch, pretrained=False, num_classes=0, img_size=TINY.image_size,
+                                   patch_size=TINY.patch_size, dynamic_img_size=True, embed_dim=TINY.embed_dim,
+                                   depth=TINY.depth, num_heads=TINY.num_heads, drop_path_rate=TINY.drop_path_rate)
+    after_timm = torch.rand(3)
+    torch.manual_seed(0)
+    model = create_backbone(TINY)
+    assert torch.equal(torch.rand(3), after_timm)  # building it draws nothing more: same init for a given seed
+    assert isinstance(model.patch_embed.proj, backbone.PatchProjection)
+    ours, theirs = model.state_dict(), timm_model.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    conv, x = timm_model.patch_embed.proj, torch.rand(5, 3, 16, 12)
+    assert torch.equal(model.patch_embed.proj(x), conv(x))  # fp32: the convolution itself
+    # CPU bf16 autocast: the matrix product over unfolded patches; the same values and weight gradients
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, ref = model.patch_embed.proj(x), conv(x)
+    assert out.dtype == ref.dtype == torch.bfloat16 and out.shape == ref.shape == (5, 24, 4, 3)
+    assert torch.allclose(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+    weights = torch.randn(ref.shape)
+    (out.float() * weights).sum().backward()
+    (ref.float() * weights).sum().backward()
+    for name in ("weight", "bias"):
+        ours_grad, ref_grad = getattr(model.patch_embed.proj, name).grad, getattr(conv, name).grad
+        assert torch.allclose(ours_grad, ref_grad, atol=0.05 * ref_grad.abs().max().item())
 
 
 def test_attention_maps_are_softmax_weights_matching_an_explicit_attention_pass():

@@ -7,7 +7,8 @@ embeddings interpolated); `embed` is its CLS embedding.
 
 What it is not: no custom transformer. `set_fused_attention` only picks between timm's two code paths for the
 same maths (fused scaled-dot-product attention, which never materialises the weights, or explicit
-softmax(q k^T) v); attention maps, rollout and patch tokens are read off the model in maps.py.
+softmax(q k^T) v), and `PatchProjection` computes timm's patch convolution as the same matrix product where that
+is faster; attention maps, rollout and patch tokens are read off the model in maps.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import time
 import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from dinotwins.errors import UserError
 from dinotwins.models.config import ModelConfig
@@ -45,7 +47,38 @@ def create_backbone(cfg: ModelConfig) -> VisionTransformer:
     )
     if not isinstance(model, VisionTransformer):
         raise UserError(f"{cfg.arch!r} is not a VisionTransformer; use a timm ViT name")
+    model.patch_embed.proj = PatchProjection.replacing(model.patch_embed.proj)
     return model
+
+
+class PatchProjection(nn.Conv2d):
+    """timm's patch embedding convolution (kernel = stride = patch, no padding, so each output is one patch's
+    pixels times the weights). Under CPU bf16 autocast it runs as that matrix product over the unfolded patches
+    (on an AMX Xeon 2-3x faster forward and backward than oneDNN's bf16 convolution at the scenes shapes); in fp32
+    and on a GPU as the convolution, as fast or faster there. Same parameters and state-dict keys as the
+    `nn.Conv2d` it replaces."""
+
+    @classmethod
+    def replacing(cls, conv: nn.Conv2d) -> nn.Conv2d:
+        """`conv` as a PatchProjection with its weights (no new random draws), or `conv` itself if it is not a
+        patch convolution."""
+        if conv.kernel_size != conv.stride or conv.padding != (0, 0) or conv.dilation != (1, 1) or conv.groups != 1:
+            return conv
+        projection = torch.nn.utils.skip_init(cls, conv.in_channels, conv.out_channels, conv.kernel_size,
+                                              stride=conv.stride, bias=conv.bias is not None,
+                                              device=conv.weight.device, dtype=conv.weight.dtype)
+        projection.load_state_dict(conv.state_dict())
+        return projection
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or \
+                torch.get_autocast_dtype("cpu") != torch.bfloat16:
+            return super().forward(x)
+        (ph, pw), (b, c, height, width) = self.kernel_size, x.shape
+        h, w = height // ph, width // pw
+        patches = x.reshape(b, c, h, ph, w, pw).permute(0, 2, 4, 1, 3, 5).reshape(b * h * w, c * ph * pw)
+        out = F.linear(patches, self.weight.reshape(self.out_channels, -1), self.bias)
+        return out.reshape(b, h, w, self.out_channels).permute(0, 3, 1, 2)  # NCHW, as the convolution returns
 
 
 def set_fused_attention(model: torch.nn.Module, fused: bool) -> int:
