@@ -56,6 +56,24 @@ def test_a_short_bench_prints_one_json_row_of_the_config_it_timed():
     assert len(listed) == 3 and all(line.rstrip().endswith("float32") for line in listed)
 
 
+def test_the_patch_embedding_bench_times_both_forms_on_the_same_weights():
+    from dinotwins.benchmark.patch_embedding import as_convolution, bench_patch_embedding
+    from dinotwins.models.backbone import PatchProjection
+
+    projection = PatchProjection(3, 8, 4, stride=4)
+    conv, x = as_convolution(projection), torch.rand(2, 3, 8, 12)
+    assert conv.weight is projection.weight and conv.bias is projection.bias
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.allclose(conv(x).float(), projection(x).float(), atol=2e-2)
+    cfg = bench_config(build_parser().parse_args(["--preset", "smoke", "--set", "precision=bf16"]))
+    row = bench_patch_embedding(cfg, pairs=2, warmup=0, repeats=1)
+    assert (row["dtype"], row["patch_embeddings"], row["pairs"]) == ("bfloat16", 2, 2)  # student's and teacher's
+    assert all(row[f"layer_{crops}_{form}_ms"] > 0 for crops in ("global", "local") for form in ("matmul", "conv"))
+    low, high = row["conv_over_matmul_range"]
+    assert row["step_matmul_s_mean"] > 0 and row["step_conv_s_mean"] > 0
+    assert low <= row["conv_over_matmul_median"] <= high
+
+
 @pytest.mark.slow
 def test_under_torchrun_one_row_speaks_for_the_group():
     from tests.conftest import free_port
@@ -96,9 +114,25 @@ def test_auto_precision_follows_a_timing_not_only_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     for fp32_s, bf16_s, expected in ((1.0, 0.2, torch.bfloat16), (1.0, 0.9, None), (1.0, 30.0, None)):
         precision.forget_timing()
-        monkeypatch.setattr(precision, "matmul_seconds", lambda dtype: fp32_s if dtype == torch.float32 else bf16_s)
+        monkeypatch.setattr(precision, "matmul_seconds",
+                            lambda dtype, *args, **kwargs: fp32_s if dtype == torch.float32 else bf16_s)
         assert precision.pick_precision("auto", cpu) is expected
         assert precision.pick_precision("bf16", cpu) is torch.bfloat16 and precision.pick_precision("fp32", cpu) is None
+    precision.forget_timing()
+
+
+def test_the_bf16_timing_alternates_and_keeps_each_dtypes_best_so_a_passing_load_does_not_pick_fp32(monkeypatch):
+    from dinotwins.training import precision
+
+    calls, bf16_times = [], iter([3.0, 0.5, 2.0, 0.5, 0.5])  # a load on two of the five bf16 timings
+    def seconds(dtype, *args, **kwargs):
+        calls.append(dtype)
+        return 1.0 if dtype == torch.float32 else next(bf16_times)
+    monkeypatch.setattr(precision, "matmul_seconds", seconds)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    precision.forget_timing()
+    assert precision.pick_precision("auto", torch.device("cpu")) is torch.bfloat16  # 1.0 / 0.5: 2x
+    assert calls == [torch.float32, torch.bfloat16] * 5
     precision.forget_timing()
 
 

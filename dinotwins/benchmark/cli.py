@@ -21,6 +21,9 @@ stay rank 0's own, its GFLOP the group's); the official step then runs in DDP to
 
 Data mode (`--data-pipeline`) measures augmented multi-crop images per second, with the config's crops and batch
 size, from Fashion-MNIST (in memory) and from a folder of JPEGs decoded from disk.
+
+Patch-embedding mode (`--patch-embedding PAIRS`) times the patch embedding as one matrix product against timm's
+convolution, alone and in PAIRS pairs of whole steps (benchmark/patch_embedding.py).
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     p.add_argument("--data-pipeline", action="store_true", help="measure the data pipeline instead")
+    p.add_argument("--patch-embedding", type=int, default=0, metavar="PAIRS",
+                   help="time the patch embedding as a matrix product against timm's convolution instead: alone, "
+                        "and in PAIRS pairs of training steps")
     p.add_argument("--official", type=Path, metavar="PATH",
                    help="also time the official DINO step (a clone of facebookresearch/dino at PATH) at the same "
                         "shape, in the same run (benchmark/official.py); ours then runs without iBOT and KoLeo, "
@@ -95,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = bench_config(args)
             if args.data_pipeline:
                 result = bench_data(cfg, args.steps)
+            elif args.patch_embedding:
+                from dinotwins.benchmark.patch_embedding import bench_patch_embedding
+
+                result = bench_patch_embedding(cfg, args.patch_embedding, args.warmup)
             else:
                 distributed.setup(cfg.device)  # under torchrun, before the official step looks for a group
                 facts = {}
