@@ -10,8 +10,8 @@ import torch
 from dinotwins.cpu import cpu_has_native_bf16
 from dinotwins.training.distributed import same_on_every_rank, synchronize
 
-# bf16 is chosen on a CPU when its matmul runs at least this much faster than fp32 (AMX: 1.4-7x, varying between
-# processes on a shared VM; AVX512-BF16 without AMX: ~2x; a CPU whose libraries are capped below AVX512-BF16: ~0.03x).
+# bf16 is chosen on a CPU when its matmul runs at least this much faster than fp32 (AMX: 1.4x and more; AVX512-BF16
+# without AMX: ~2x; a CPU whose libraries are capped below AVX512-BF16: ~0.03x).
 BF16_MIN_SPEEDUP = 1.2
 
 
@@ -47,9 +47,8 @@ def cpu_bf16_is_fast() -> bool:
 
 
 def bf16_matmul_speedup(n: int = 256, rounds: int = 5) -> float:
-    """fp32 seconds over bf16 seconds of an n-cube matmul, each the best of `rounds` timings taken alternately, so
-    a load that comes or goes falls on both (a single timing of each read 0.76-3.2x on an AMX Xeon whose best of
-    five alternating ones read 1.4-2.8x)."""
+    """fp32 seconds over bf16 seconds of an n-cube matmul, each dtype's best of `rounds` timings taken alternately,
+    so a load that comes or goes, or a slow first bf16 product, does not decide alone (README, Performance)."""
     best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
     for _ in range(rounds):
         for dtype in best:
