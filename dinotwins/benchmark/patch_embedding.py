@@ -19,14 +19,12 @@ from torch import nn
 
 from dinotwins.benchmark.step import _bench_trainer
 from dinotwins.config import TrainConfig
-from dinotwins.models.backbone import PatchProjection
+from dinotwins.models.backbone import PatchProjection, uninitialized_like
 
 
 def as_convolution(projection: PatchProjection) -> nn.Conv2d:
     """A plain `nn.Conv2d` sharing `projection`'s parameters (no new random draws)."""
-    conv = torch.nn.utils.skip_init(nn.Conv2d, projection.in_channels, projection.out_channels,
-                                    projection.kernel_size, stride=projection.stride,
-                                    bias=projection.bias is not None, device=projection.weight.device)
+    conv = uninitialized_like(nn.Conv2d, projection)
     conv.weight, conv.bias = projection.weight, projection.bias
     return conv
 

@@ -64,9 +64,7 @@ class PatchProjection(nn.Conv2d):
         patch convolution."""
         if conv.kernel_size != conv.stride or conv.padding != (0, 0) or conv.dilation != (1, 1) or conv.groups != 1:
             return conv
-        projection = torch.nn.utils.skip_init(cls, conv.in_channels, conv.out_channels, conv.kernel_size,
-                                              stride=conv.stride, bias=conv.bias is not None,
-                                              device=conv.weight.device, dtype=conv.weight.dtype)
+        projection = uninitialized_like(cls, conv)
         projection.load_state_dict(conv.state_dict())
         return projection
 
@@ -79,6 +77,12 @@ class PatchProjection(nn.Conv2d):
         patches = x.reshape(b, c, h, ph, w, pw).permute(0, 2, 4, 1, 3, 5).reshape(b * h * w, c * ph * pw)
         out = F.linear(patches, self.weight.reshape(self.out_channels, -1), self.bias)
         return out.reshape(b, h, w, self.out_channels).permute(0, 3, 1, 2)  # NCHW, as the convolution returns
+
+
+def uninitialized_like(cls: type[nn.Conv2d], conv: nn.Conv2d) -> nn.Conv2d:
+    """A `cls` of `conv`'s geometry, dtype and device, its parameters left uninitialized (no random draws)."""
+    return torch.nn.utils.skip_init(cls, conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                                    bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
 
 
 def set_fused_attention(model: torch.nn.Module, fused: bool) -> int:
