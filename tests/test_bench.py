@@ -112,28 +112,26 @@ def test_auto_precision_follows_a_timing_not_only_the_cpu_flags(monkeypatch):
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    for fp32_s, bf16_s, expected in ((1.0, 0.2, torch.bfloat16), (1.0, 0.9, None), (1.0, 30.0, None)):
+    for speedup, expected in ((5.0, torch.bfloat16), (1.1, None), (1 / 30, None)):
         precision.forget_timing()
-        monkeypatch.setattr(precision, "matmul_seconds",
-                            lambda dtype, *args, **kwargs: fp32_s if dtype == torch.float32 else bf16_s)
+        monkeypatch.setattr(precision, "bf16_matmul_speedup", lambda *args, **kwargs: speedup)
         assert precision.pick_precision("auto", cpu) is expected
         assert precision.pick_precision("bf16", cpu) is torch.bfloat16 and precision.pick_precision("fp32", cpu) is None
     precision.forget_timing()
 
 
-def test_the_bf16_timing_alternates_and_keeps_each_dtypes_best_so_a_passing_load_does_not_pick_fp32(monkeypatch):
+def test_the_bf16_speedup_is_fp32s_best_interleaved_time_over_bf16s(monkeypatch):
     from dinotwins.training import precision
 
-    calls, bf16_times = [], iter([3.0, 0.5, 2.0, 0.5, 0.5])  # a load on two of the five bf16 timings
-    def seconds(dtype, *args, **kwargs):
-        calls.append(dtype)
-        return 1.0 if dtype == torch.float32 else next(bf16_times)
-    monkeypatch.setattr(precision, "matmul_seconds", seconds)
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    precision.forget_timing()
-    assert precision.pick_precision("auto", torch.device("cpu")) is torch.bfloat16  # 1.0 / 0.5: 2x
-    assert calls == [torch.float32, torch.bfloat16] * 5
-    precision.forget_timing()
+    asked = []
+    def best(candidates, rounds, **kwargs):
+        asked.append((list(candidates), rounds, kwargs))
+        for run in candidates.values():
+            assert len(run()) == 4  # each candidate is the repeated product itself
+        return {torch.float32: 1.0, torch.bfloat16: 0.4}
+    monkeypatch.setattr(precision, "best_seconds", best)
+    assert precision.bf16_matmul_speedup(n=8) == pytest.approx(2.5)
+    assert asked == [([torch.float32, torch.bfloat16], 5, {"warmup": 1})]
 
 
 def test_libraries_capped_to_avx2_run_fp32_and_the_bench_says_so():

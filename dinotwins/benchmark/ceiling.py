@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dinotwins.training.distributed import synchronize
+from dinotwins.timing import synchronize
 
 _aten = torch.ops.aten
 # operator -> positions of its two matrix operands (addmm's and baddbmm's added input is elementwise: the rest)

@@ -1,9 +1,9 @@
 """The patch embedding as one matrix product (`PatchProjection`) against timm's convolution, in the step's dtype.
 
 Layer: forward and backward of each form at the config's crop shapes (2 x B global, n_local x B local views), the
-best of several alternating timings. Step: whole training steps of one trainer, the two forms swapped in for each
-other (the same weights) one step of each per pair, which goes first alternating, so a machine whose speed drifts
-slows both alike; the median and the spread of the pairs' ratios. Only under CPU bf16 autocast do the two differ
+best of several interleaved timings (`dinotwins.timing`). Step: whole training steps of one trainer, the two forms
+swapped in for each other (the same weights) one step of each per pair, which goes first alternating, so a machine
+whose speed drifts slows both alike; the median and the spread of the pairs' ratios. Only under CPU bf16 autocast do the two differ
 (`PatchProjection.forward`); elsewhere both rows time the convolution.
 """
 
@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from dinotwins.benchmark.step import _bench_trainer
+from dinotwins.benchmark.step import bench_trainer
 from dinotwins.config import TrainConfig
 from dinotwins.models.backbone import PatchProjection, uninitialized_like
+from dinotwins.timing import best_seconds, interleaved_seconds
 
 
 def as_convolution(projection: PatchProjection) -> nn.Conv2d:
@@ -29,17 +30,17 @@ def as_convolution(projection: PatchProjection) -> nn.Conv2d:
     return conv
 
 
-def _time_layer(module: nn.Module, x: torch.Tensor, autocast) -> float:
-    start = time.perf_counter()
-    with autocast():
-        out = module(x)
-    out.float().sum().backward()
-    return time.perf_counter() - start
+def _forward_backward(module: nn.Module, x: torch.Tensor, autocast) -> Callable[[], None]:
+    def run() -> None:
+        with autocast():
+            out = module(x)
+        out.float().sum().backward()
+    return run
 
 
 def bench_patch_embedding(cfg: TrainConfig, pairs: int, warmup: int, repeats: int = 5) -> dict[str, float | str]:
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _bench_trainer(cfg, Path(tmp) / "run", compile=False)
+        trainer = bench_trainer(cfg, Path(tmp) / "run", compile=False)
         owners = [m for m in trainer.objective.modules() if isinstance(getattr(m, "proj", None), PatchProjection)]
         forms = {"matmul": [m.proj for m in owners], "conv": [as_convolution(m.proj) for m in owners]}
 
@@ -54,10 +55,8 @@ def bench_patch_embedding(cfg: TrainConfig, pairs: int, warmup: int, repeats: in
             if views == 0:
                 continue
             x = torch.rand(views * batch, 3, size, size, device=trainer.device)
-            best = {form: float("inf") for form in forms}
-            for _ in range(repeats):
-                for form, modules in forms.items():
-                    best[form] = min(best[form], _time_layer(modules[0], x, trainer._autocast))
+            best = best_seconds({form: _forward_backward(modules[0], x, trainer.autocast)
+                                 for form, modules in forms.items()}, repeats, device=trainer.device)
             for form in forms:
                 result[f"layer_{name}_{form}_ms"] = round(1000 * best[form], 2)
 
@@ -66,13 +65,8 @@ def bench_patch_embedding(cfg: TrainConfig, pairs: int, warmup: int, repeats: in
         step = iter(range(10**9))
         for _ in range(warmup):
             trainer.train_step(images, next(step))
-        seconds: dict[str, list[float]] = {form: [] for form in forms}
-        for i in range(pairs):
-            for form in ("matmul", "conv") if i % 2 == 0 else ("conv", "matmul"):
-                use(form)
-                start = time.perf_counter()
-                trainer.train_step(images, next(step))
-                seconds[form].append(time.perf_counter() - start)
+        seconds = interleaved_seconds({form: lambda: trainer.train_step(images, next(step)) for form in forms},
+                                      pairs, device=trainer.device, before_each=use)
         use("matmul")
     ratios = sorted(c / m for m, c in zip(seconds["matmul"], seconds["conv"]))
     result.update({f"step_{form}_s_mean": round(statistics.mean(v), 4) for form, v in seconds.items()})

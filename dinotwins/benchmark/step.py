@@ -21,7 +21,7 @@ from dinotwins.benchmark.ceiling import RecordProducts, matmul_ceiling, slowest_
 from dinotwins.cpu import cpu_description
 from dinotwins.config import TrainConfig
 from dinotwins.training import distributed
-from dinotwins.training.distributed import synchronize
+from dinotwins.timing import synchronize
 from dinotwins.training.precision import matmul_seconds, pick_precision
 
 
@@ -49,13 +49,15 @@ def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int | None =
     return 2 * n**3 * repeats / matmul_seconds(dtype, n, repeats, trials, device=device, warmup=2) / 1e12
 
 
-def _bench_trainer(cfg: TrainConfig, out: Path, compile: bool):
+def bench_trainer(cfg: TrainConfig, out: Path, compile: bool):
+    """A trainer at `cfg` writing under `out`, as the benchmarks time it: the run's length set so long that no
+    first-epoch phase (DINO's last-layer freeze) falls inside the timed steps."""
     from dinotwins.training.schedules import RunLength
     from dinotwins.training.trainer import Trainer
 
     cfg = dataclasses.replace(cfg, compile=compile)
     trainer = Trainer(cfg, out, progress=False)
-    trainer.length = RunLength(10**9, 10**9)  # keep the first-epoch phases (DINO's last-layer freeze) out of the timing
+    trainer.length = RunLength(10**9, 10**9)
     return trainer
 
 
@@ -68,14 +70,14 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
     rivals = rivals or {}
     with tempfile.TemporaryDirectory() as tmp:
         # FLOPs are counted on an eager step (the counter cannot see inside compiled graphs).
-        eager = _bench_trainer(cfg, Path(tmp) / "eager", compile=False)
+        eager = bench_trainer(cfg, Path(tmp) / "eager", compile=False)
         images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=eager.device)
         eager.train_step(images, 0)
         # one step counts the FLOPs and records the matrix products' shapes (for the ceiling after the timing)
         with FlopCounterMode(display=False) as counter, RecordProducts() as products:
             eager.train_step(images, 1)
         flops_per_step = counter.get_total_flops()
-        trainer = _bench_trainer(cfg, Path(tmp) / "timed", compile=True) if cfg.compile else eager
+        trainer = bench_trainer(cfg, Path(tmp) / "timed", compile=True) if cfg.compile else eager
         del eager
         device = trainer.device
         steps_done = iter(range(10**9))

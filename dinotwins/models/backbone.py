@@ -13,8 +13,6 @@ is faster; attention maps, rollout and patch tokens are read off the model in ma
 
 from __future__ import annotations
 
-import time
-
 import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -23,6 +21,7 @@ from torch.nn import functional as F
 
 from dinotwins.errors import UserError
 from dinotwins.models.config import ModelConfig
+from dinotwins.timing import best_seconds
 
 
 def create_backbone(cfg: ModelConfig) -> VisionTransformer:
@@ -114,15 +113,17 @@ def fused_attention_for(requested: str, device: torch.device, model: VisionTrans
     if key in _MEASURED:  # once per process and shape: every trainer of a process computes the same way
         return _MEASURED[key]
     x = torch.randn(batch, tokens, model.embed_dim, device=device, requires_grad=True)
-    times = {True: float("inf"), False: float("inf")}
-    for _ in range(3):  # alternated, so a load that starts or stops mid-timing falls on both paths
-        for fused in (True, False):
-            attn.fused_attn = fused
-            start = time.perf_counter()
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                out = attn(x)
-            out.float().sum().backward()
-            times[fused] = min(times[fused], time.perf_counter() - start)
+
+    def forward_backward() -> None:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = attn(x)
+        out.float().sum().backward()
+
+    def use(fused: bool) -> None:
+        attn.fused_attn = fused
+
+    # interleaved, so a load that starts or stops mid-timing falls on both paths
+    times = best_seconds({True: forward_backward, False: forward_backward}, 3, device=device, before_each=use)
     attn.zero_grad(set_to_none=True)
     _MEASURED[key] = times[True] < times[False]
     return _MEASURED[key]

@@ -11,31 +11,27 @@ its config.yaml.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 
 import torch
 
-from dinotwins.training.distributed import synchronize
+from dinotwins.timing import interleaved_seconds
 
 TRIALS = 3  # timed rounds (one run of each form), after one untimed round
 
 
 def packed_is_faster(objective, global_views: list[torch.Tensor], local_views: list[torch.Tensor],
                      values: Mapping[str, float], autocast: Callable[[], AbstractContextManager]) -> bool:
-    """Whether `compute_gradients(packed=True)` beats the separate passes on these views: TRIALS rounds of one run
-    of each, interleaved (so a machine whose speed drifts slows both alike), after one untimed round."""
+    """Whether `compute_gradients(packed=True)` beats the separate passes on these views, by their total over
+    TRIALS interleaved rounds (`dinotwins.timing`) after one untimed round."""
     trial = copy.deepcopy(objective)
-    seconds = {False: 0.0, True: 0.0}
-    for attempt in range(TRIALS + 1):
-        for packed in (False, True):
-            trial.student.zero_grad(set_to_none=True)
-            synchronize(global_views[0].device)
-            start = time.perf_counter()
-            trial.compute_gradients(trial.student, global_views, local_views, values, autocast=autocast,
-                                    packed=packed)
-            synchronize(global_views[0].device)
-            if attempt:
-                seconds[packed] += time.perf_counter() - start
-    return seconds[True] < seconds[False]
+
+    def gradients(packed: bool) -> Callable[[], object]:
+        return lambda: trial.compute_gradients(trial.student, global_views, local_views, values, autocast=autocast,
+                                               packed=packed)
+
+    seconds = interleaved_seconds({False: gradients(False), True: gradients(True)}, TRIALS, warmup=1,
+                                  device=global_views[0].device,
+                                  before_each=lambda _: trial.student.zero_grad(set_to_none=True))
+    return sum(seconds[True]) < sum(seconds[False])

@@ -37,12 +37,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on CPU), so a timing covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def setup(device_name: str) -> DistInfo:
     """Join the process group torchrun describes in the environment, if any."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

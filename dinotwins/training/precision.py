@@ -8,7 +8,8 @@ import time
 import torch
 
 from dinotwins.cpu import cpu_has_native_bf16
-from dinotwins.training.distributed import same_on_every_rank, synchronize
+from dinotwins.timing import best_seconds, synchronize
+from dinotwins.training.distributed import same_on_every_rank
 
 # bf16 is chosen on a CPU when its matmul runs at least this much faster than fp32 (AMX: 1.4x and more; AVX512-BF16
 # without AMX: ~2x; a CPU whose libraries are capped below AVX512-BF16: ~0.03x).
@@ -46,13 +47,18 @@ def cpu_bf16_is_fast() -> bool:
     return _bf16_fast
 
 
-def bf16_matmul_speedup(n: int = 256, rounds: int = 5) -> float:
-    """fp32 seconds over bf16 seconds of an n-cube matmul, each dtype's best of `rounds` timings taken alternately,
-    so a load that comes or goes, or a slow first bf16 product, does not decide alone (README, Performance)."""
-    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
-    for _ in range(rounds):
-        for dtype in best:
-            best[dtype] = min(best[dtype], matmul_seconds(dtype, n, trials=1))
+def bf16_matmul_speedup(n: int = 256, rounds: int = 5, repeats: int = 4) -> float:
+    """fp32 seconds over bf16 seconds of `repeats` n-cube matmuls, each dtype's best of `rounds` interleaved timings
+    after one untimed round, so a load that comes or goes, or a slow first bf16 product, does not decide alone
+    (README, Performance)."""
+    operands = {dtype: (torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype))
+                for dtype in (torch.float32, torch.bfloat16)}
+
+    def products(dtype: torch.dtype):
+        a, b = operands[dtype]
+        return lambda: [a @ b for _ in range(repeats)]
+
+    best = best_seconds({dtype: products(dtype) for dtype in operands}, rounds, warmup=1)
     return best[torch.float32] / best[torch.bfloat16]
 
 

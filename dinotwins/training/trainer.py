@@ -144,7 +144,7 @@ class Trainer:
     def _packed_crops_measured(self) -> bool:
         """`packed_crops: auto`: rank 0's timing of both forms on the first batch (training/crop_packing.py)."""
         global_views, local_views = self.multicrop(self.batch(0), torch.Generator().manual_seed(self.cfg.seed))
-        faster = packed_is_faster(self.objective, global_views, local_views, self.schedule(0), self._autocast)
+        faster = packed_is_faster(self.objective, global_views, local_views, self.schedule(0), self.autocast)
         return distributed.same_on_every_rank(faster)
 
     # ----------------------------------------------------------------------------------------- one step
@@ -166,7 +166,7 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()
         loss, logs = self.objective.compute_gradients(
             self.student_runner, global_views, local_views, values, distributed=self.dist.enabled,
-            teacher=self.teacher_runner, autocast=self._autocast,
+            teacher=self.teacher_runner, autocast=self.autocast,
             no_sync=self._ddp.no_sync if self._ddp is not None else None,
             per_resolution=cfg.backward_per_resolution, packed=cfg.packed_crops)
         max_norm = cfg.optim.clip_grad if cfg.optim.clip_grad > 0 else float("inf")
@@ -188,7 +188,8 @@ class Trainer:
         self.objective.after_optimizer_step(values)
         return {"loss": loss_value, **values, "grad_norm": norm_value, **logs}
 
-    def _autocast(self) -> torch.autocast:
+    def autocast(self) -> torch.autocast:
+        """The step's autocast context: bf16 where `--precision` chose it, else a disabled one (plain fp32)."""
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
 
