@@ -31,8 +31,7 @@ def test_rounds_reverse_the_order_every_other_round_and_warmup_rounds_are_not_ke
     assert seconds == {"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0, 6.0]}
 
 
-def test_a_load_that_passes_does_not_decide_the_best(monkeypatch):
-    # a load on the first three calls: "fast" would lose if its rounds all came first
-    candidate, _ = fake_clock(monkeypatch, {"fast": [5.0, 1.0, 1.0], "slow": [5.0, 5.0, 2.0]})
+def test_best_seconds_keeps_each_candidates_fastest_round_so_a_loaded_round_does_not_decide(monkeypatch):
+    candidate, _ = fake_clock(monkeypatch, {"fast": [5.0, 1.0, 1.0], "slow": [5.0, 5.0, 2.0]})  # round 0 loaded
     best = timing.best_seconds({"fast": candidate("fast"), "slow": candidate("slow")}, rounds=3)
     assert best == {"fast": 1.0, "slow": 2.0}

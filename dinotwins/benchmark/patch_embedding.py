@@ -3,8 +3,8 @@
 Layer: forward and backward of each form at the config's crop shapes (2 x B global, n_local x B local views), the
 best of several interleaved timings (`dinotwins.timing`). Step: whole training steps of one trainer, the two forms
 swapped in for each other (the same weights) one step of each per pair, which goes first alternating, so a machine
-whose speed drifts slows both alike; the median and the spread of the pairs' ratios. Only under CPU bf16 autocast do the two differ
-(`PatchProjection.forward`); elsewhere both rows time the convolution.
+whose speed drifts slows both alike; the median and the spread of the pairs' ratios. Only under CPU bf16 autocast
+do the two differ (`PatchProjection.forward`); elsewhere both rows time the convolution.
 """
 
 from __future__ import annotations
