@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable, Mapping
+from contextlib import AbstractContextManager
 from typing import TypeVar
 
 import torch
+from torch import nn
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -47,3 +49,13 @@ def interleaved_seconds(candidates: Mapping[Key, Callable[[], object]], rounds: 
 def best_seconds(candidates: Mapping[Key, Callable[[], object]], rounds: int, **kwargs) -> dict[Key, float]:
     """Each candidate's fastest round of `interleaved_seconds`."""
     return {key: min(times) for key, times in interleaved_seconds(candidates, rounds, **kwargs).items()}
+
+
+def forward_backward(module: nn.Module, x: torch.Tensor,
+                     autocast: Callable[[], AbstractContextManager]) -> Callable[[], None]:
+    """A candidate that runs `module(x)` under `autocast()` and backpropagates its sum: a layer's cost in training."""
+    def run() -> None:
+        with autocast():
+            out = module(x)
+        out.float().sum().backward()
+    return run

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from torch import nn
 from dinotwins.benchmark.step import bench_trainer
 from dinotwins.config import TrainConfig
 from dinotwins.models.backbone import PatchProjection, uninitialized_like
-from dinotwins.timing import best_seconds, interleaved_seconds
+from dinotwins.timing import best_seconds, forward_backward, interleaved_seconds
 
 
 def as_convolution(projection: PatchProjection) -> nn.Conv2d:
@@ -28,14 +27,6 @@ def as_convolution(projection: PatchProjection) -> nn.Conv2d:
     conv = uninitialized_like(nn.Conv2d, projection)
     conv.weight, conv.bias = projection.weight, projection.bias
     return conv
-
-
-def _forward_backward(module: nn.Module, x: torch.Tensor, autocast) -> Callable[[], None]:
-    def run() -> None:
-        with autocast():
-            out = module(x)
-        out.float().sum().backward()
-    return run
 
 
 def bench_patch_embedding(cfg: TrainConfig, pairs: int, warmup: int, repeats: int = 5) -> dict[str, float | str]:
@@ -55,7 +46,7 @@ def bench_patch_embedding(cfg: TrainConfig, pairs: int, warmup: int, repeats: in
             if views == 0:
                 continue
             x = torch.rand(views * batch, 3, size, size, device=trainer.device)
-            best = best_seconds({form: _forward_backward(modules[0], x, trainer.autocast)
+            best = best_seconds({form: forward_backward(modules[0], x, trainer.autocast)
                                  for form, modules in forms.items()}, repeats, device=trainer.device)
             for form in forms:
                 result[f"layer_{name}_{form}_ms"] = round(1000 * best[form], 2)

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from dinotwins.errors import UserError
 from dinotwins.models.config import ModelConfig
-from dinotwins.timing import best_seconds
+from dinotwins.timing import best_seconds, forward_backward
 
 
 def create_backbone(cfg: ModelConfig) -> VisionTransformer:
@@ -113,17 +113,14 @@ def fused_attention_for(requested: str, device: torch.device, model: VisionTrans
     if key in _MEASURED:  # once per process and shape: every trainer of a process computes the same way
         return _MEASURED[key]
     x = torch.randn(batch, tokens, model.embed_dim, device=device, requires_grad=True)
-
-    def forward_backward() -> None:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = attn(x)
-        out.float().sum().backward()
+    run = forward_backward(attn, x, lambda: torch.autocast(device.type, dtype=dtype or torch.float32,
+                                                           enabled=dtype is not None))
 
     def use(fused: bool) -> None:
         attn.fused_attn = fused
 
     # interleaved, so a load that starts or stops mid-timing falls on both paths
-    times = best_seconds({True: forward_backward, False: forward_backward}, 3, device=device, before_each=use)
+    times = best_seconds({True: run, False: run}, 3, device=device, before_each=use)
     attn.zero_grad(set_to_none=True)
     _MEASURED[key] = times[True] < times[False]
     return _MEASURED[key]

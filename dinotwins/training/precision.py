@@ -3,12 +3,10 @@ feature extraction and the benchmark."""
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from dinotwins.cpu import cpu_has_native_bf16
-from dinotwins.timing import best_seconds, synchronize
+from dinotwins.timing import best_seconds
 from dinotwins.training.distributed import same_on_every_rank
 
 # bf16 is chosen on a CPU when its matmul runs at least this much faster than fp32 (AMX: 1.4x and more; AVX512-BF16
@@ -82,12 +80,9 @@ def matmul_seconds(dtype: torch.dtype, n: int = 256, repeats: int = 4, trials: i
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(warmup):
         a @ b
-    best = float("inf")
-    for _ in range(trials):
-        synchronize(device)
-        start = time.perf_counter()
+
+    def products() -> None:
         for _ in range(repeats):
             a @ b
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+
+    return best_seconds({dtype: products}, trials, device=device)[dtype]
