@@ -74,9 +74,9 @@ def test_labels_are_balanced_and_masks_hold_an_object_and_background():
     assert 0.08 < area.mean() < 0.4
 
 
-@pytest.mark.parametrize("spec", ["scenes:zero", "scenes:0"])
-def test_bad_counts_are_user_errors(spec):
-    with pytest.raises(UserError, match="scenes:N"):
+@pytest.mark.parametrize("spec", ["scenes:zero", "scenes:0", "scenes-paired:zero", "scenes-generated:-3"])
+def test_bad_counts_are_user_errors_naming_the_spec(spec):
+    with pytest.raises(UserError, match=f"^{spec.partition(':')[0]}:N needs"):
         load_dataset(spec, "train", image_size=32)
 
 

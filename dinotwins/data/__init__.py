@@ -63,6 +63,19 @@ def sources_help() -> str:
     return "\n".join(f"  {source.syntax:<{width}}  {source.help}" for source in SOURCES.values())
 
 
+def image_count(spec: str, arg: str, default: int) -> int:
+    """The N of a generated source's `name:N` (`default` where it is left out); UserError naming `name:N` when it
+    is not a whole number >= 1."""
+    name = spec.strip().partition(":")[0]
+    try:
+        count = int(arg) if arg else default
+    except ValueError:
+        raise UserError(f"{name}:N needs a whole number of images, got {arg!r}") from None
+    if count < 1:
+        raise UserError(f"{name}:N needs at least 1 image, got {count}")
+    return count
+
+
 def load_dataset(spec: str, split: str = "train", *, image_size: int = 32, storage_size: int | None = None,
                  budget: int | None = None) -> ImageDataset:
     """The dataset named by `spec` (see `SOURCES`), split "train" or "test"; `budget` (bytes) as in the module

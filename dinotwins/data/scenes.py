@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from dinotwins.data import image_count
 from dinotwins.data.dataset import ImageDataset
 from dinotwins.data.folder import IN_MEMORY_BUDGET
 from dinotwins.errors import UserError
@@ -125,12 +126,7 @@ def load(spec: str, arg: str, split: str, size: int, budget: int | None = None, 
     from (`MADE_FROM`), with `renderings` > 1 each image's renderings too; rendered per batch instead (without masks
     and made_from) when N images and their renderings would not fit `budget` bytes. A second rendering's background
     is generated, or with `photo_pairs` drawn like the first from another photograph."""
-    try:
-        n_train = int(arg) if arg else TRAIN_SIZE
-    except ValueError:
-        raise UserError(f"scenes:N needs a whole number of images, got {arg!r}") from None
-    if n_train < 1:
-        raise UserError(f"scenes:N needs at least 1 image, got {n_train}")
+    n_train = image_count(spec, arg, TRAIN_SIZE)
     if size < MIN_SIZE:
         raise UserError(f"scenes images need at least {MIN_SIZE} px, got {size}; raise the image size")
     n = n_train if split == "train" else TEST_SIZE

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dinotwins.data import image_count
 from dinotwins.data.dataset import ImageDataset
 from dinotwins.errors import UserError
 
@@ -48,12 +49,7 @@ _SHAPES: tuple[Callable[[Tensor, Tensor], Tensor], ...] = (
 
 
 def load(spec: str, arg: str, split: str, size: int, budget: int = 0) -> ImageDataset:
-    try:
-        n_train = int(arg) if arg else TRAIN_SIZE
-    except ValueError:
-        raise UserError(f"synthetic:N needs a whole number of images, got {arg!r}") from None
-    if n_train < 1:
-        raise UserError(f"synthetic:N needs at least 1 image, got {n_train}")
+    n_train = image_count(spec, arg, TRAIN_SIZE)
     if size < 8:
         raise UserError(f"synthetic images need at least 8 px, got {size}; raise the image size")
     n = n_train if split == "train" else max(n_train // 4, 64)
