@@ -76,13 +76,10 @@ def test_the_patch_embedding_bench_times_both_forms_on_the_same_weights():
 
 @pytest.mark.slow
 def test_under_torchrun_one_row_speaks_for_the_group():
-    from tests.conftest import free_port
+    from tests.conftest import torchrun
 
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(free_port()), "-m", "dinotwins.bench", "--preset", "smoke", "--set", "batch_size=8",
-                        "--set", "precision=fp32", "--steps", "2", "--warmup", "1", "--products", "2", "--json"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = torchrun("-m", "dinotwins.bench", "--preset", "smoke", "--set", "batch_size=8", "--set", "precision=fp32",
+                 "--steps", "2", "--warmup", "1", "--products", "2", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line for line in r.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == 1 and r.stderr.count("each timed alone") == 1  # rank 0 alone prints

@@ -19,7 +19,7 @@ from dinotwins.collection.shards import (Collection, Manifest, read_manifest, sh
 from dinotwins.data import load_dataset
 from dinotwins.errors import UserError
 from dinotwins.models.load import load_model
-from tests.conftest import free_port
+from tests.conftest import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,11 +58,8 @@ def test_an_extraction_holds_every_image_once_with_its_label(one_process):
 @pytest.mark.slow
 def test_two_processes_under_torchrun_write_the_same_shards_as_one(smoke_runs, one_process, tmp_path):
     out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "dinotwins.extract", str(smoke_runs["dino"]), "--data", "synthetic:1200", "--out", str(out),
-           "--shard-size", "100", "--batch-size", "50", "--no-progress"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = torchrun("-m", "dinotwins.extract", str(smoke_runs["dino"]), "--data", "synthetic:1200", "--out", str(out),
+                      "--shard-size", "100", "--batch-size", "50", "--no-progress", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     mine, theirs = shard_bytes(one_process), shard_bytes(out)
     ours = {k: v for k, v in mine.items() if not k.endswith(".json") and "json" not in k}

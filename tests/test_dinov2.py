@@ -4,10 +4,6 @@ formulas, their invariances, packed crops against separate passes, and the optio
 import contextlib
 import copy
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +15,8 @@ from dinotwins.models.config import ModelConfig
 from dinotwins.models.tokens import embed_tokens, packed_forward, run_blocks
 from dinotwins.objectives import METHODS
 from dinotwins.objectives.dinov2 import ibot_loss, koleo_loss, random_patch_masks, sinkhorn_knopp
-from tests.conftest import free_port
+from tests.conftest import torchrun
 from tests.test_model_api import TEMP, build, floats
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------------- KoLeo
@@ -229,10 +223,7 @@ def test_bad_ingredient_settings_are_one_line_errors(setting, needle):
 
 @pytest.mark.slow
 def test_koleo_and_sinkhorn_knopp_under_torchrun_see_the_global_batch():
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "tests/ddp_dinov2_worker.py"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = torchrun("tests/ddp_dinov2_worker.py")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "global batch" in r.stdout
 

@@ -12,7 +12,7 @@ import yaml
 from safetensors import safe_open
 
 from dinotwins.objectives import METHODS
-from tests.conftest import free_port
+from tests.conftest import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,11 +98,8 @@ def test_empty_folder_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_torchrun_with_two_cpu_processes_trains_and_only_rank0_writes(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "train.py", "--method", "hybrid", "--data", "synthetic:64", "--preset", "smoke", "--out", str(out),
-           "--device", "cpu", "--no-progress", "--batch-size", "8"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = torchrun("train.py", "--method", "hybrid", "--data", "synthetic:64", "--preset", "smoke", "--out", str(out),
+                 "--device", "cpu", "--no-progress", "--batch-size", "8")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4]  # one writer: no duplicate rows
@@ -118,9 +115,7 @@ def test_a_one_process_run_resumes_under_torchrun_at_the_same_global_batch(tmp_p
     first = subprocess.run([sys.executable, *common, "--max-steps", "2"], cwd=ROOT, capture_output=True, text=True,
                            timeout=300, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           *common, "--batch-size", "8", "--resume"]  # the smoke preset's 16, split over two processes
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    r = torchrun(*common, "--batch-size", "8", "--resume", env=env)  # the smoke preset's 16, over two processes
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4] and rows[2]["epoch"] == 0.75  # the same steps per epoch
@@ -128,10 +123,7 @@ def test_a_one_process_run_resumes_under_torchrun_at_the_same_global_batch(tmp_p
 
 @pytest.mark.slow
 def test_torchrun_ranks_hold_the_same_weights_after_one_backward_per_crop_resolution():
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "tests/ddp_sync_worker.py"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = torchrun("tests/ddp_sync_worker.py")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ranks in sync" in r.stdout
 
