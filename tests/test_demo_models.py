@@ -13,7 +13,7 @@ import pytest
 
 from app.models import DEMO_SETS
 from dinotwins import load_model
-from dinotwins.models.ship import QUICK_CHECK, QUICK_CHECK_TOLERANCE, quick_check_row
+from dinotwins.ship import QUICK_CHECK, QUICK_CHECK_TOLERANCE, quick_check_row
 from dinotwins.objectives import METHODS
 
 DEMO = Path(__file__).resolve().parent.parent / "assets" / "models"
@@ -54,7 +54,7 @@ def test_demo_model_reproduces_its_recorded_quick_check(demo_set, method, tmp_pa
 
 @pytest.mark.slow
 def test_recheck_rewrites_only_the_quick_check(tmp_path, capsys):
-    from dinotwins.models.ship import main as ship_main
+    from dinotwins.ship import main as ship_main
 
     shipped = tmp_path / "dino"
     shipped.mkdir()
@@ -82,7 +82,7 @@ def test_recheck_rewrites_only_the_quick_check(tmp_path, capsys):
 @pytest.mark.slow
 def test_rescore_rewrites_the_full_rows_and_shares_the_baselines_of_one_shape(tmp_path, capsys):
     from dinotwins.evaluation.rows import RANDOM_INITS, random_init_name
-    from dinotwins.models.ship import main as ship_main
+    from dinotwins.ship import main as ship_main
 
     folders = [tmp_path / "a", tmp_path / "b"]
     report = json.loads((DEMO / "fashion-mnist" / "dino" / "eval.json").read_text())

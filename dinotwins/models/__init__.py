@@ -1,3 +1,3 @@
 """The backbone and everything around trained weights: building the ViT (backbone.py), its config and input
 normalization (config.py, torch-free), exporting weights (export.py), loading any model for use (load.py,
-`dinotwins.load_model`), and packaging a run as a shipped demo model (ship.py, `python -m dinotwins.ship`)."""
+`dinotwins.load_model`)."""
