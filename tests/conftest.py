@@ -16,6 +16,8 @@ from dinotwins.config import build_config, load_preset, merge
 from dinotwins.objectives import METHODS
 from dinotwins.training.trainer import train
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def smoke_config(method: str, **overrides):
     data = merge(load_preset("smoke"), {"method": method, "data": "synthetic:64", "device": "cpu", **overrides})
@@ -35,9 +37,6 @@ def restore_pil_limit():
     limit = Image.MAX_IMAGE_PIXELS
     yield
     Image.MAX_IMAGE_PIXELS = limit
-
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

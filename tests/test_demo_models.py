@@ -13,8 +13,8 @@ import pytest
 
 from app.models import DEMO_SETS
 from dinotwins import load_model
-from dinotwins.ship import QUICK_CHECK, QUICK_CHECK_TOLERANCE, quick_check_row
 from dinotwins.objectives import METHODS
+from dinotwins.ship import QUICK_CHECK, QUICK_CHECK_TOLERANCE, quick_check_row
 
 DEMO = Path(__file__).resolve().parent.parent / "assets" / "models"
 SETS = DEMO_SETS  # every demo set the app offers is shipped
