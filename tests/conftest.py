@@ -45,12 +45,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `args` (a script, or -m module) as two CPU processes under torchrun from the repository root."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env or {**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @contextlib.contextmanager

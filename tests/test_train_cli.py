@@ -115,7 +115,7 @@ def test_a_one_process_run_resumes_under_torchrun_at_the_same_global_batch(tmp_p
     first = subprocess.run([sys.executable, *common, "--max-steps", "2"], cwd=ROOT, capture_output=True, text=True,
                            timeout=300, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    r = torchrun(*common, "--batch-size", "8", "--resume", env=env)  # the smoke preset's 16, over two processes
+    r = torchrun(*common, "--batch-size", "8", "--resume")  # the smoke preset's 16, over two processes
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4] and rows[2]["epoch"] == 0.75  # the same steps per epoch
