@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinotwins.data.augment import (MultiCrop, color_jitter, crop_boxes, eval_transform, gaussian_blur, grayscale,
-                                    resized_crop, rotate_hue, solarize)
+from dinotwins.data.augment import (MultiCrop, color_jitter, crop_boxes, gaussian_blur, grayscale, resized_crop,
+                                    rotate_hue, solarize)
 from dinotwins.data.augment_config import AugmentConfig
 from dinotwins.errors import UserError
 
@@ -214,13 +214,6 @@ def test_hue_rotation_keeps_luma_and_a_full_turn_is_the_identity():
     torch.testing.assert_close(grayscale(rotated), grayscale(images), atol=1e-4, rtol=0)
     assert not torch.allclose(rotated, images, atol=1e-3)
     torch.testing.assert_close(rotate_hue(images, torch.tensor([1.0, 1.0])), images, atol=1e-5, rtol=0)
-
-
-def test_eval_transform_resizes_expands_and_normalizes():
-    images = torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)
-    out = eval_transform(images, 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    assert out.shape == (2, 3, 32, 32) and out.dtype == torch.float32
-    torch.testing.assert_close(out, torch.ones(2, 3, 32, 32))
 
 
 def test_config_with_a_probability_above_one_is_a_user_error():

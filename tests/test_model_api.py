@@ -16,6 +16,7 @@ from dinotwins.models import backbone
 from dinotwins.models.backbone import create_backbone, fused_attention_for
 from dinotwins.models.maps import cls_attention
 from dinotwins.models.config import ModelConfig
+from dinotwins.models.preprocess import eval_transform
 from dinotwins.errors import UserError
 from dinotwins.config import build_config, merge
 from dinotwins.objectives import METHODS, build_objective
@@ -292,3 +293,10 @@ def test_the_barlow_projector_normalizes_each_view_on_its_own_batch_statistics()
         with_c = ssl.student([a, 3 * c + 1])["projector"][:4]
     # BatchNorm over both views at once would let the second view's statistics change the first view's output.
     torch.testing.assert_close(with_b, with_c)
+
+
+def test_eval_transform_resizes_expands_and_normalizes():
+    images = torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)
+    out = eval_transform(images, 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert out.shape == (2, 3, 32, 32) and out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.ones(2, 3, 32, 32))

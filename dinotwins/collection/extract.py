@@ -38,7 +38,7 @@ def extract(model, dataset, out: Path, *, shard_size: int = SHARD_SIZE, batch_si
             progress: bool = True, model_path: str | Path = "") -> Manifest:
     """Write (or complete) the extraction of `dataset` under `model` into `out`; returns its manifest. Under
     torchrun, call it in every rank after `distributed.setup` (the model on the rank's device)."""
-    from dinotwins.data.augment import eval_transform
+    from dinotwins.models.preprocess import eval_transform
     from dinotwins.evaluation.features import PREPROCESSING_VERSION, embed_batch, feature_dtype, normalization_of
     from dinotwins.training import distributed, precision
 

@@ -27,8 +27,8 @@ per-image parameters per view size) and only then moved to the images' device, i
 same views on CPU and GPU (equal up to float rounding), and the GPU never waits on a decision.
 
 What it is not: no PIL, no per-image Python loop, no dataset or sampling logic (dataset.py, sampler.py); its
-config dataclass is in augment_config.py. `eval_transform` is the deterministic resize + normalize used for
-evaluation and retrieval.
+config dataclass is in augment_config.py; the deterministic resize + normalize of evaluation and retrieval is
+`models/preprocess.eval_transform`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dinotwins.data.augment_config import AugmentConfig
-from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD
+from dinotwins.models.preprocess import normalize
 from dinotwins.transfer import constant, to_device
 
 
@@ -234,20 +234,3 @@ def gaussian_blur(x: Tensor, sigma: Tensor, radius: int | None = None) -> Tensor
 def solarize(x: Tensor, threshold: float = 0.5) -> Tensor:
     """Invert values at or above threshold (PIL's ImageOps.solarize at 128 on uint8 images)."""
     return torch.where(x >= threshold, 1 - x, x)
-
-
-def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """(x - mean) / std per channel, x (B, 3, H, W)."""
-    mean_t = constant(tuple(mean), x.device, x.dtype).view(1, -1, 1, 1)
-    std_t = constant(tuple(std), x.device, x.dtype).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
-
-
-def eval_transform(images: Tensor, size: int, mean: tuple[float, ...] = IMAGENET_MEAN,
-                   std: tuple[float, ...] = IMAGENET_STD) -> Tensor:
-    """uint8 (B, C, H, W), C in {1, 3} -> float (B, 3, size, size): bilinear resize (antialiased when shrinking),
-    1 -> 3 channels, normalized. The deterministic transform for evaluation and retrieval galleries."""
-    x = images.float() / 255.0
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return normalize(x.expand(-1, 3, -1, -1), mean, std)

@@ -1,6 +1,6 @@
 """Frozen features of a dataset under a model, with an on-disk cache; and raw-pixel features for the baseline.
 
-`extract_features(model, dataset)` runs every image through `augment.eval_transform` (resize to the model's size,
+`extract_features(model, dataset)` runs every image through `preprocess.eval_transform` (resize to the model's size,
 1 -> 3 channels, the model's mean/std) and `model.embed` (CLS after the final norm), in batches under
 `torch.inference_mode()`, with a tqdm bar on stderr. The result, float32 (N, D), is cached as
 `CACHE_DIR/<key>.npy` with a `<key>.npy.sha256` sidecar. The key is the sha256 of the model's weights hash, the
@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dinotwins.data.augment import eval_transform
 from dinotwins.data.dataset import ImageDataset
 from dinotwins.files import read_verified, write_with_checksum
 from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD
+from dinotwins.models.preprocess import eval_transform
 from dinotwins.training.precision import pick_precision
 
 PREPROCESSING_VERSION = 1  # bump when eval_transform or the embedding taken changes

@@ -25,7 +25,7 @@ that looks at the object and nothing else scores, the top of the attention colum
 
 Data: the train split is the labeled pool, the test split the queries. Both are loaded once, stored at the first
 MODEL's image size (the size `train.py` stores folder and synthetic data at; CIFAR-10 and Fashion-MNIST keep their
-native size), and resized to each model's own size by `augment.eval_transform`. The raw-pixel baseline uses the
+native size), and resized to each model's own size by `preprocess.eval_transform`. The raw-pixel baseline uses the
 stored images as they are. For the attention masks of a model whose size differs from the stored one, the
 synthetic test split is generated again at that model's size. Features are cached on disk (features.py).
 
@@ -45,7 +45,6 @@ import numpy as np
 import torch
 
 from dinotwins.data import load_dataset
-from dinotwins.data.augment import eval_transform
 from dinotwins.data.dataset import ImageDataset
 from dinotwins.errors import UserError
 from dinotwins.evaluation.attention_masks import (KEEP_MASS, attention_jaccard, mask_extent, mass_on_object,
@@ -57,6 +56,7 @@ from dinotwins.evaluation.knn import KNN_K, KNN_TEMPERATURE, knn_classify
 from dinotwins.evaluation.neighbours import shared_neighbours
 from dinotwins.evaluation.patch_probe import foreground_probe_iou
 from dinotwins.evaluation.probe import linear_probe
+from dinotwins.models.preprocess import eval_transform
 
 LABEL_FRACTION = 0.1  # the DinoTwins paper's low-label protocol
 MASK_DATA = "synthetic"  # where attention masks are scored when --data has no object masks

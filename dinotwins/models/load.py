@@ -26,11 +26,11 @@ from safetensors.torch import load as safetensors_load
 from torch import Tensor
 
 from dinotwins.errors import UserError
-from dinotwins.data.augment import eval_transform
 from dinotwins.models import maps
 from dinotwins.models.backbone import create_backbone, embed, patch_size_of
 from dinotwins.models.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from dinotwins.models.export import EXPORT_NAME
+from dinotwins.models.preprocess import eval_transform
 
 
 class LoadedModel:
