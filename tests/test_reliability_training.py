@@ -29,7 +29,8 @@ from dinotwins.objectives.dino import dino_collapse_bands
 from dinotwins.objectives.heads import DINOHead
 from dinotwins.training.checkpoint import latest_good, list_checkpoints, load_state, save_checkpoint
 from dinotwins.training.cli import main as train_main
-from dinotwins.training.collapse import CollapseMonitor, embedding_band
+from dinotwins.objectives.collapse_bands import embedding_band
+from dinotwins.training.collapse import CollapseMonitor
 from dinotwins.training.runlog import read_metrics
 from dinotwins.config import build_config, merge, read_yaml
 from dinotwins.errors import TrainingStopped, UserError

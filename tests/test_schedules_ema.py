@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from dinotwins.objectives.dino import Center
-from dinotwins.training.ema import ema_update
-from dinotwins.training.schedules import cosine, linear_warmup, scaled_lr
+from dinotwins.objectives.ema import ema_update
+from dinotwins.schedules import cosine, linear_warmup, scaled_lr
 from dinotwins.training.trainer import Trainer
 from tests.conftest import smoke_config
 

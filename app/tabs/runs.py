@@ -102,7 +102,7 @@ def collapse_thresholds(entries: list[ModelEntry]) -> dict[str, list[tuple[str, 
     objective of the run's own config.yaml (the bands the training's collapse monitor used); none without one."""
     from dinotwins.config import build_config, read_yaml
     from dinotwins.objectives import objective_class
-    from dinotwins.training.collapse import embedding_band
+    from dinotwins.objectives.collapse_bands import embedding_band
 
     lines: dict[str, list[tuple[str, float, str]]] = {}
     for entry in entries:

@@ -52,7 +52,7 @@ def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int | None =
 def bench_trainer(cfg: TrainConfig, out: Path, compile: bool):
     """A trainer at `cfg` writing under `out`, as the benchmarks time it: the run's length set so long that no
     first-epoch phase (DINO's last-layer freeze) falls inside the timed steps."""
-    from dinotwins.training.schedules import RunLength
+    from dinotwins.schedules import RunLength
     from dinotwins.training.trainer import Trainer
 
     cfg = dataclasses.replace(cfg, compile=compile)

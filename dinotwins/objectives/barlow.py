@@ -24,8 +24,8 @@ from dinotwins.errors import UserError
 from dinotwins.models.backbone import create_backbone
 from dinotwins.models.config import ModelConfig
 from dinotwins.objectives.base import Objective, Student
+from dinotwins.objectives.collapse_bands import CollapseBand
 from dinotwins.objectives.losses import barlow_twins_terms
-from dinotwins.training.collapse import CollapseBand
 
 
 @dataclass

@@ -39,8 +39,8 @@ from torch import Tensor, nn
 
 from dinotwins.models.backbone import embed
 from dinotwins.models.tokens import embed_tokens, packed_forward, run_blocks
-from dinotwins.training.collapse import CollapseBand
-from dinotwins.training.schedules import RunLength
+from dinotwins.objectives.collapse_bands import CollapseBand
+from dinotwins.schedules import RunLength
 
 
 class Student(nn.Module):
@@ -131,7 +131,7 @@ class Objective(nn.Module):
     @classmethod
     def collapse_bands(cls, cfg: Any) -> list[CollapseBand]:
         """The method's collapse zones of logged columns, for a run's config (the trainer adds the embedding
-        spread's, `training.collapse.embedding_band`)."""
+        spread's, `collapse_bands.embedding_band`)."""
         return []
 
     def export_backbone(self) -> nn.Module:

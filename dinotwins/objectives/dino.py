@@ -14,7 +14,7 @@ Everything DINO adds to a backbone lives here:
 - DINOv2's options (dinov2.py): KoLeo, Sinkhorn-Knopp centering, iBOT.
 
 What it is not: the loss maths (losses.py), the shared multi-crop forward and backward (base.py), the EMA update
-and the schedule shapes (training/ema.py, training/schedules.py), which it calls.
+and the schedule shapes (ema.py, dinotwins/schedules.py), which it calls.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from dinotwins.errors import UserError
 from dinotwins.models.backbone import create_backbone
 from dinotwins.models.config import ModelConfig
 from dinotwins.objectives.base import Objective, Student
-from dinotwins.objectives.heads import DINOHead
+from dinotwins.objectives.collapse_bands import CollapseBand
 from dinotwins.objectives.dinov2 import IBotConfig, IBotHead, ibot_loss, koleo_loss, random_patch_masks, sinkhorn_knopp
+from dinotwins.objectives.ema import ema_update
+from dinotwins.objectives.heads import DINOHead
 from dinotwins.objectives.losses import dino_cross_entropy_sum, dino_pair_count, dino_teacher_probs
-from dinotwins.training.collapse import CollapseBand
-from dinotwins.training.ema import ema_update
-from dinotwins.training.schedules import RunLength, cosine, linear_warmup
+from dinotwins.schedules import RunLength, cosine, linear_warmup
 
 
 CENTERINGS = ("ema", "sinkhorn_knopp")

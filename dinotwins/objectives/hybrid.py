@@ -21,10 +21,10 @@ from torch import Tensor
 from dinotwins.errors import UserError
 from dinotwins.models.config import ModelConfig
 from dinotwins.objectives.barlow import BarlowConfig, BarlowProjector, barlow_collapse_bands, barlow_terms
+from dinotwins.objectives.collapse_bands import CollapseBand
 from dinotwins.objectives.dino import DINO, DinoConfig, TeacherTargets, dino_collapse_bands
 from dinotwins.objectives.dinov2 import IBotConfig
 from dinotwins.objectives.losses import hybrid_loss
-from dinotwins.training.collapse import CollapseBand
 
 
 @dataclass

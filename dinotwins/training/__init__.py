@@ -1,3 +1,3 @@
 """Training: the loop (trainer.py) that runs any registered objective on any data source, and what it relies on:
-schedules indexed by the step, the EMA update, verified checkpoints, the run log, the collapse monitor, graceful
-stops on signals, torchrun setup, the autocast choice, and train.py's command line (cli.py)."""
+verified checkpoints, the run log, the collapse monitor, graceful stops on signals, torchrun setup, the autocast
+choice, and train.py's command line (cli.py). The schedules it shares with the objectives are dinotwins/schedules.py."""

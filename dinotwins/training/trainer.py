@@ -31,16 +31,18 @@ from tqdm import tqdm
 from dinotwins.config import CUDA_GRAPH_MODES, TrainConfig, to_dict
 from dinotwins.data import load_dataset
 from dinotwins.data.augment import MultiCrop
+from dinotwins.data.loader import StepBatches, prefetched, workers_for
 from dinotwins.data.sampler import EpochSampler
 from dinotwins.errors import TrainingInterrupted, TrainingStopped, UserError
 from dinotwins.files import atomic_write
 from dinotwins.models.backbone import fused_attention_for, set_fused_attention
 from dinotwins.models.export import EXPORT_NAME, export_backbone, export_path
 from dinotwins.objectives import build_objective
-from dinotwins.training import distributed, precision, schedules
+from dinotwins.objectives.collapse_bands import embedding_band
+from dinotwins.schedules import RunLength, cosine, scaled_lr
+from dinotwins.training import distributed, precision
 from dinotwins.training.checkpoint import CHECKPOINT_DIR, latest_good, list_checkpoints, save_checkpoint
-from dinotwins.data.loader import StepBatches, prefetched, workers_for
-from dinotwins.training.collapse import CollapseMonitor, embedding_band
+from dinotwins.training.collapse import CollapseMonitor
 from dinotwins.training.crop_packing import packed_is_faster
 from dinotwins.training.runlog import RunLog
 from dinotwins.training.stop_signal import StopSignals
@@ -82,7 +84,7 @@ class Trainer:
                                     self.dist.world_size)
         steps_per_epoch = self.sampler.batches_per_epoch
         full = math.ceil(cfg.epochs * steps_per_epoch)
-        self.length = schedules.RunLength(steps_per_epoch, min(full, cfg.max_steps) if cfg.max_steps else full)
+        self.length = RunLength(steps_per_epoch, min(full, cfg.max_steps) if cfg.max_steps else full)
         images = self.dataset.training_images
         self.images_on_device = images.to(self.device) if images is not None else None
 
@@ -133,10 +135,10 @@ class Trainer:
         """Every value set from the step: lr and weight decay (DINO's schedules), then the objective's own."""
         cfg, length = self.cfg, self.length
         warmup = length.phase_steps(cfg.optim.warmup_epochs, at_most_one_in=10)
-        peak_lr = schedules.scaled_lr(cfg.optim.base_lr, cfg.batch_size * self.dist.world_size)
+        peak_lr = scaled_lr(cfg.optim.base_lr, cfg.batch_size * self.dist.world_size)
         return {
-            "lr": schedules.cosine(step, length.total_steps, peak_lr, cfg.optim.min_lr, warmup),
-            "weight_decay": schedules.cosine(step, length.total_steps, cfg.optim.weight_decay,
+            "lr": cosine(step, length.total_steps, peak_lr, cfg.optim.min_lr, warmup),
+            "weight_decay": cosine(step, length.total_steps, cfg.optim.weight_decay,
                                              cfg.optim.weight_decay_end),
             **self.objective.step_values(step, length),
         }

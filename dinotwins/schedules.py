@@ -2,7 +2,7 @@
 
 Every value a run changes over time (learning rate, weight decay, and the objectives' own, such as DINO's teacher
 momentum and temperature) is a function of (step, `RunLength`, ...), so a resumed run needs only its step to be
-back on every schedule.
+back on every schedule. Torch-free; the trainer and the objectives both read them.
 """
 
 from __future__ import annotations
