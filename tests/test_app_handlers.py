@@ -289,11 +289,11 @@ def test_run_card_shows_provenance_and_the_table_the_eval_figures(entries):
     entry = entries[0]
     card = runs.run_card(entry)
     assert "**method**: dino" in card and "**steps**: 4" in card and entry.model.weights_hash[:12] in card
-    assert runs.comparison_rows([entry])[0][6:] == ["-", "-", "-", "-", "-"]  # no eval.json yet
+    assert runs.comparison_rows([entry])[0][6:] == ["-"] * 6  # no eval.json yet
     report = {"train_seconds": 7200, "device": "2-core CPU; resumed once",
               "full": {"knn_top1": 0.712, "linear_top1": 0.8, "attn_jaccard_mean_heads": 0.31,
                        "attn_jaccard_best_head": 0.4, "attn_on_object": 0.3, "object_area": 0.25,
-                       "effective_rank": 12.34}}
+                       "attn_follows_object": 0.3081, "effective_rank": 12.34}}
     (entry.folder / "eval.json").write_text(json.dumps(report))
     try:
         row = runs.comparison_rows([entry])[0]
@@ -301,7 +301,7 @@ def test_run_card_shows_provenance_and_the_table_the_eval_figures(entries):
             "model": "dino", "method": "dino", "data": "synthetic:64", "architecture": runs.architecture(entry),
             "steps": "4", "training": "2.0 h on 2-core CPU", "k-NN top-1": "71.2 %", "linear top-1": "80.0 %",
             "attn J mean / best head": "0.310 / 0.400", "attn on object / object area": "0.300 / 0.250",
-            "eff. rank": "12.3"}
+            "map follows object": "0.31", "eff. rank": "12.3"}
     finally:
         (entry.folder / "eval.json").unlink()
 

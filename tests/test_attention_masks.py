@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from dinotwins.evaluation.attention_masks import (attention_jaccard, jaccard, mask_extent, mass_on_object,
-                                                  mass_threshold_mask, object_area, object_maps, upsample_mask)
+from dinotwins.evaluation.attention_masks import (attention_jaccard, follows_object, jaccard, mask_extent,
+                                                  mass_on_object, mass_threshold_mask, object_area, object_maps,
+                                                  prior_maps, upsample_mask)
 
 
 def test_mass_threshold_keeps_the_smallest_set_reaching_the_mass():
@@ -89,3 +90,33 @@ def test_object_maps_put_all_mass_on_the_object_and_keep_sixty_percent_of_it():
     half = torch.zeros(1, 8, 8, dtype=torch.bool)
     half[0, :4, :1] = True  # half of two patches: they get the mass, each patch weighted by its cover
     assert object_maps(half, (4, 4))[0, 0, :2, 0].tolist() == [0.5, 0.5] and object_maps(half, (4, 4)).sum() == 1.0
+
+
+def squares(corners: list[tuple[int, int]], side: int = 4, size: int = 16) -> torch.Tensor:
+    """bool (N, size, size): one side x side object per image, its top-left corner at each (row, col)."""
+    masks = torch.zeros(len(corners), size, size, dtype=torch.bool)
+    for i, (r, c) in enumerate(corners):
+        masks[i, r:r + side, c:c + side] = True
+    return masks
+
+
+def test_a_map_follows_the_object_by_one_and_a_fixed_map_by_zero():
+    masks = squares([(0, 0), (12, 12), (0, 12), (6, 6), (4, 10)])  # 4 px objects, 4 x 4 grid of 4 px patches
+    assert follows_object(object_maps(masks, (4, 4)), masks) == pytest.approx(1.0)
+    fixed = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)).expand(5, 3, 4, 4)
+    assert follows_object(fixed, masks) == pytest.approx(0.0, abs=1e-12)  # a peaked map, blind to the image
+    halfway = object_maps(masks, (4, 4)) + object_maps(masks, (4, 4)).flip(-1, -2)  # object and its mirror image
+    assert follows_object(halfway, masks) == pytest.approx(0.0, abs=1e-12)
+    lagging = object_maps(masks, (4, 4)) + torch.full((5, 1, 4, 4), 1 / 16)  # half its mass spread evenly
+    assert follows_object(lagging, masks) == pytest.approx(0.5)
+    assert follows_object(fixed, torch.zeros_like(masks)) == 0.0  # no object anywhere: nothing to follow
+
+
+def test_prior_maps_are_the_train_objects_mean_cover_the_same_for_every_image():
+    train = squares([(0, 0), (0, 4)], size=8)  # 4 px squares on a 2 x 2 grid: the top row, left then right
+    prior = prior_maps(train, (2, 2), 3)
+    assert prior.shape == (3, 1, 2, 2) and torch.equal(prior[0], prior[2])
+    assert prior[0, 0].tolist() == [[0.5, 0.5], [0.0, 0.0]]
+    test = squares([(0, 0), (4, 4), (4, 0)], size=8)
+    assert follows_object(prior, test) == pytest.approx(0.0, abs=1e-12)
+    assert mass_on_object(prior, test) == pytest.approx((0.5 + 0.0 + 0.0) / 3)

@@ -166,9 +166,9 @@ def test_models_of_two_shapes_get_a_random_init_baseline_each_named_by_its_shape
     data = load_dataset("synthetic:32", "train", image_size=16)
     rows = rows_module.evaluate_all([tiny_model, deeper, dropping], data, data, k=5, cache_dir=tmp_path)
     names = [row["model"] for row in rows]
-    assert names[:4] == ["tiny", "deeper", "dropping", "raw pixels"] and len(names) == 7
+    assert names[:4] == ["tiny", "deeper", "dropping", "raw pixels"] and len(names) == 8
     assert f"{TINY.depth} blocks" in names[4] and f"{TINY.depth + 1} blocks" in names[5]
-    assert names[6] == rows_module.object_maps_name(16, 4)  # the three share one patch grid
+    assert names[6:] == [rows_module.object_maps_name(16, 4), rows_module.prior_maps_name(16, 4)]  # one grid
 
 
 def test_the_random_init_row_is_the_mean_of_its_seeds(tiny_model, tmp_path):
@@ -191,12 +191,15 @@ def test_cli_json_has_a_row_per_model_and_the_baselines(smoke_runs, tmp_path, ca
     assert main(args) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["model"] for row in rows][:3] == ["dino", "barlow", "raw pixels"]
-    assert rows[3]["model"].startswith("random-init") and len(rows) == 5  # both models share one shape
+    assert rows[3]["model"].startswith("random-init") and len(rows) == 6  # both models share one shape
+    prior = rows.pop()  # the train objects' mean mask as every map: blind to the image, it follows nothing
     ideal = rows.pop()  # the object masks as maps: attention columns alone, at the top of them
     assert ideal["model"].startswith("object masks as maps") and ideal["knn_top1"] is None
-    assert ideal["object_area"] == rows[0]["object_area"] and ideal["num_test"] == 64
-    for key in ("attn_jaccard_mean_heads", "attn_on_object"):
+    assert prior["model"].startswith("mean train object") and prior["knn_top1"] is None
+    assert ideal["object_area"] == prior["object_area"] == rows[0]["object_area"] and ideal["num_test"] == 64
+    for key in ("attn_jaccard_mean_heads", "attn_on_object", "attn_follows_object"):
         assert ideal[key] > max(row[key] for i, row in enumerate(rows) if i != 2)
+    assert ideal["attn_follows_object"] > 0.8 and abs(prior["attn_follows_object"]) < 1e-9
     for row in rows:
         assert tuple(row) == COLUMNS
         assert (row["num_train"], row["num_test"]) == (48, 64)
@@ -206,7 +209,7 @@ def test_cli_json_has_a_row_per_model_and_the_baselines(smoke_runs, tmp_path, ca
     assert all(0.0 <= rows[i]["attn_jaccard_mean_heads"] <= 1.0 for i in (0, 1, 3))
     assert len({rows[i]["object_area"] for i in (0, 1, 3)}) == 1  # the same masks for every model
     assert main(args) == 0  # second run reads the cache and prints the same figures
-    assert json.loads(capsys.readouterr().out) == [*rows, ideal]
+    assert json.loads(capsys.readouterr().out) == [*rows, ideal, prior]
 
 
 def test_cli_markdown_table_without_baselines(smoke_runs, tmp_path, capsys):

@@ -46,7 +46,7 @@ PANELS = (
 )
 PANEL_COLUMNS = 4
 TABLE_HEADERS = ("model", "method", "data", "architecture", "steps", "training", "k-NN top-1", "linear top-1",
-                 "attn J mean / best head", "attn on object / object area", "eff. rank")
+                 "attn J mean / best head", "attn on object / object area", "map follows object", "eff. rank")
 CARD_FIELDS = ("method", "data", "steps", "total_steps", "epochs", "git_commit", "created", "source", "note")
 
 
@@ -93,6 +93,7 @@ def comparison_rows(entries: list[ModelEntry]) -> list[list[str]]:
                      _percent(full.get("linear_top1")),
                      "-" if None in jaccards else f"{jaccards[0]:.3f} / {jaccards[1]:.3f}",
                      "-" if None in on_object else f"{on_object[0]:.3f} / {on_object[1]:.3f}",
+                     "-" if full.get("attn_follows_object") is None else f"{full['attn_follows_object']:.2f}",
                      "-" if full.get("effective_rank") is None else f"{full['effective_rank']:.1f}"])
     return rows
 

@@ -9,7 +9,10 @@ puts about the object's area there, so it reads against `object_area`. The Jacca
 a mask of 60 % of the image placed without regard to an object covering a share a of it scores about
 0.6a / (0.6 + 0.4a), 0.20 for the scenes test split's a = 0.23. Nor is 1 its top: `object_maps`, the maps a
 model looking at the object alone would draw (each patch weighted by how much of it the object covers), keep 60 %
-of the object and score about 0.6 (rows.py reports them beside the models). `mask_extent` splits the
+of the object and score about 0.6 (rows.py reports them beside the models). Nor is a flat map the bar to clear
+where objects tend to sit in the middle: `prior_maps`, one map for every image (the train split's objects
+averaged), knows where objects usually are and nothing of the image at hand. `follows_object` is the measure such a
+map scores 0 on: how far the map's centre of mass moves when the object's does. `mask_extent` splits the
 mean-of-heads Jaccard into what it is made of: the mask's size and its share on the object.
 
 Pure tensor functions; the model call that produces the maps lives in rows.py.
@@ -103,6 +106,37 @@ def object_maps(object_masks: Tensor, grid: tuple[int, int]) -> Tensor:
     """float64 (N, 1, h, w): one-head maps with mass on object patches alone, each patch weighted by the share of
     it the object covers (`patch_cover`); masks bool (N, H, W). What a map that sees the object alone scores."""
     return patch_cover(object_masks, grid)[:, None]
+
+
+def prior_maps(train_masks: Tensor, grid: tuple[int, int], count: int) -> Tensor:
+    """float64 (count, 1, h, w): the same map for every image, the train split's `patch_cover` averaged: where
+    objects tend to be, blind to the image at hand. train_masks bool (M, H, W), any size."""
+    return patch_cover(train_masks, grid).mean(dim=0)[None, None].expand(count, 1, *grid)
+
+
+def follows_object(attn: Tensor, object_masks: Tensor) -> float:
+    """How far the mean-of-heads map's centre of mass moves when the object's does: the least-squares slope of
+    the map's centre on the object's over the images (their covariance over the object centres' variance, x and y
+    pooled), in image widths. About 1 for the object masks as maps, 0 for any map that is the same for every image,
+    whatever its Jaccard. attn (N, heads, h, w), object_masks bool (N, H, W); images without an object are left
+    out (0.0 where fewer than two objects stand apart)."""
+    maps = normalized(attn).mean(dim=1)  # (N, h, w)
+    objects = object_masks.double()
+    present = objects.flatten(-2).sum(-1) > 0
+    map_centre, object_centre = _centre(maps[present]), _centre(objects[present])  # (n, 2) each
+    map_centre, object_centre = map_centre - map_centre.mean(0), object_centre - object_centre.mean(0)
+    spread = (object_centre ** 2).sum()
+    return (map_centre * object_centre).sum().div(spread).item() if spread > 1e-12 else 0.0
+
+
+def _centre(weights: Tensor) -> Tensor:
+    """(N, 2): the (y, x) centre of mass of each (h, w) map of weights, as an offset from the image centre in
+    image widths (cells at their centres)."""
+    h, w = weights.shape[-2:]
+    rows = (torch.arange(h, dtype=weights.dtype) + 0.5) / h - 0.5
+    cols = (torch.arange(w, dtype=weights.dtype) + 0.5) / w - 0.5
+    total = weights.sum(dim=(-2, -1)).clamp_min(1e-30)
+    return torch.stack([(weights.sum(-1) * rows).sum(-1) / total, (weights.sum(-2) * cols).sum(-1) / total], dim=1)
 
 
 def mass_on_object(attn: Tensor, object_masks: Tensor) -> float:

@@ -4,7 +4,9 @@ One row per model, plus baselines (raw pixels; randomly initialized ViTs for eac
 over `RANDOM_INITS` seeds, since one random ViT's attention scores depend on its seed, named by its blocks, width,
 heads, image and patch size, so models of two sizes get two random rows) and, for the attention
 columns alone, the object masks themselves drawn as maps at each distinct patch grid (`object_maps`: what a model
-that looks at the object and nothing else scores, the top of the attention columns):
+that looks at the object and nothing else scores, the top of the attention columns) and, where the train split has
+masks, the train objects' mean mask as every test image's map (`prior_maps`: what knowing where objects tend to be
+scores without looking at the image; the bar a map that finds the object must clear):
 - k-NN: the DINO paper's weighted vote (k = 20, T = 0.07) of the test split against every train label (knn.py);
 - linear probe: logistic regression on a class-balanced, seeded 10 % of the train labels, the DinoTwins paper's
   low-label protocol (probe.py);
@@ -14,6 +16,8 @@ that looks at the object and nothing else scores, the top of the attention colum
   `MASK_IMAGES` images of synthetic's test split, generated at the model's size; beside it the share of the
   mean-of-heads map's mass on the object, the object's share of the image (what a map blind to it gets), and
   what the mean-of-heads Jaccard is made of: its mask's share of the image and the share of the mask on the object;
+  and how far the map's centre of mass moves with the object's (`follows_object`: 1 for the object masks, 0 for
+  any map the same for every image);
 - foreground probe (patch_probe.py): where --data has object masks in both splits, a logistic regression on the
   last-layer patch tokens of the first `PROBE_IMAGES` train images, telling object patches from background ones;
   the IoU of its foreground on the test split;
@@ -47,8 +51,8 @@ import torch
 from dinotwins.data import load_dataset
 from dinotwins.data.dataset import ImageDataset
 from dinotwins.errors import UserError
-from dinotwins.evaluation.attention_masks import (KEEP_MASS, attention_jaccard, mask_extent, mass_on_object,
-                                                   object_area, object_maps)
+from dinotwins.evaluation.attention_masks import (KEEP_MASS, attention_jaccard, follows_object, mask_extent,
+                                                   mass_on_object, object_area, object_maps, prior_maps)
 from dinotwins.evaluation.embedding_health import effective_rank, embedding_std
 from dinotwins.evaluation.features import (BATCH_SIZE, DEFAULT_CACHE_DIR, extract_features, normalization_of,
                                            raw_pixel_features)
@@ -62,12 +66,13 @@ LABEL_FRACTION = 0.1  # the DinoTwins paper's low-label protocol
 MASK_DATA = "synthetic"  # where attention masks are scored when --data has no object masks
 MASK_IMAGES = 1024
 ATTENTION_KEYS = ("attn_jaccard_mean_heads", "attn_jaccard_best_head", "attn_on_object", "object_area",
-                  "attn_mask_area", "attn_mask_on_object")
+                  "attn_mask_area", "attn_mask_on_object", "attn_follows_object")
 NEIGHBOUR_KEYS = {"object": "nn_same_object", "background": "nn_same_background"}  # made_from name -> column
 COLUMNS = ("model", "knn_top1", "knn_top5", "linear_top1", "linear_top5", *ATTENTION_KEYS, "patch_fg_iou",
            *NEIGHBOUR_KEYS.values(), "effective_rank", "embedding_std", "num_train", "num_test")
 HEADERS = ("model", "k-NN top-1", "k-NN top-5", "linear top-1", "linear top-5", "attn J (mean)",
-           "attn J (best head)", "attn on object", "object area", "mask area", "mask on object", "patch fg IoU",
+           "attn J (best head)", "attn on object", "object area", "mask area", "mask on object", "follows object",
+           "patch fg IoU",
            "NN same object", "NN same bg", "eff. rank", "emb. std", "train", "test")
 RANDOM_INITS = 3  # seeds averaged in the random-init row: one random ViT's attention Jaccard is a draw
 PROBE_IMAGES = 1000  # train images the foreground probe learns from (64 patches each at 64 px / 8)
@@ -171,7 +176,8 @@ def map_scores(maps: torch.Tensor, masks: torch.Tensor, keep_mass: float = KEEP_
     """`ATTENTION_KEYS` of maps (N, heads, h, w) against bool masks (N, H, W)."""
     mean_heads, per_head = attention_jaccard(maps, masks, keep_mass)
     return dict(zip(ATTENTION_KEYS, (mean_heads, per_head.max().item(), mass_on_object(maps, masks),
-                                     object_area(masks), *mask_extent(maps, masks, keep_mass))))
+                                     object_area(masks), *mask_extent(maps, masks, keep_mass),
+                                     follows_object(maps, masks))))
 
 
 def mean_row(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -192,21 +198,34 @@ def random_init_name(name: str, inits: int) -> str:
     return name if inits == 1 else f"{name}, mean of {inits} seeds"
 
 
-def evaluate_object_maps(model, test: ImageDataset, keep_mass: float = KEEP_MASS,
-                         scale: float = 1.0) -> dict[str, Any]:
-    """The reference row of the attention columns at `model`'s patch grid (input size `scale` x its own): the
-    object masks as maps (`object_maps`), scored like a model's; every other column None."""
+def evaluate_object_maps(model, test: ImageDataset, keep_mass: float = KEEP_MASS, scale: float = 1.0,
+                         train: ImageDataset | None = None) -> list[dict[str, Any]]:
+    """The reference rows of the attention columns at `model`'s patch grid (input size `scale` x its own), scored
+    like a model's, every other column None: the object masks as maps (`object_maps`, the top) and, where `train`
+    and the test split have masks, the train objects' mean mask as every map (`prior_maps`, the blind bar)."""
     size = model.input_size(scale)
+    has_masks = test.masks is not None
     test = mask_split(test, size)
     grid = size // model.patch_size
-    row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    row.update(map_scores(object_maps(test.masks.cpu(), (grid, grid)), test.masks.cpu(), keep_mass))
-    row.update(model=object_maps_name(size, grid), num_test=len(test))
-    return row
+    masks = test.masks.cpu()
+    maps = {object_maps_name(size, grid): object_maps(masks, (grid, grid))}
+    if has_masks and train is not None and train.masks is not None:
+        maps[prior_maps_name(size, grid)] = prior_maps(train.masks.cpu(), (grid, grid), len(test))
+    rows = []
+    for name, drawn in maps.items():
+        row: dict[str, Any] = dict.fromkeys(COLUMNS)
+        row.update(map_scores(drawn, masks, keep_mass))
+        row.update(model=name, num_test=len(test))
+        rows.append(row)
+    return rows
 
 
 def object_maps_name(size: int, grid: int) -> str:
     return f"object masks as maps ({size} px, {grid} x {grid} patches)"
+
+
+def prior_maps_name(size: int, grid: int) -> str:
+    return f"mean train object as every map ({size} px, {grid} x {grid} patches)"
 
 
 def foreground_probe_score(model, train: ImageDataset, test: ImageDataset,
@@ -290,8 +309,8 @@ def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: in
                  progress: bool = False, attention_scale: float = 1.0, attention_layer: int = 0,
                  random_inits: int = RANDOM_INITS) -> list[dict[str, Any]]:
     """The rows of `LoadedModel`s, then (with `baselines`) raw pixels, one random-init row per distinct shape
-    among the models (the mean of `random_inits` ViTs seeded seed, seed + 1, ...) and the object masks as maps per
-    distinct patch grid, in the models' order."""
+    among the models (the mean of `random_inits` ViTs seeded seed, seed + 1, ...) and the reference maps per
+    distinct patch grid (`evaluate_object_maps`), in the models' order."""
     from dinotwins.models.load import LoadedModel
 
     options = dict(k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
@@ -313,5 +332,6 @@ def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: in
         for m in models:
             size = m.input_size(attention_scale)
             grids.setdefault(object_maps_name(size, size // m.patch_size), m)
-        rows += [evaluate_object_maps(m, test, scale=attention_scale) for m in grids.values()]
+        for m in grids.values():
+            rows += evaluate_object_maps(m, test, scale=attention_scale, train=train)
     return rows
