@@ -100,7 +100,8 @@ def test_rescore_rewrites_the_full_rows_and_shares_the_baselines_of_one_shape(tm
     names = [row["model"] for row in a["baselines"]]
     model = load_model(folders[0])
     random_name = random_init_name(model.random_like(model).name, RANDOM_INITS)
-    assert names == ["raw pixels", random_name, "object masks as maps (28 px, 7 x 7 patches)"]
+    assert names == ["raw pixels", random_name, "object masks as maps (28 px, 7 x 7 patches)",
+                     "mean train object as every map (28 px, 7 x 7 patches)"]  # synthetic has masks
     assert a["baselines"] == b["baselines"] and a["scoring"]["cpu"] and a["scoring"]["commit"]
     # one folder that python -m dinotwins.ship did not write: one line, exit 2, and neither folder rewritten
     empty = tmp_path / "empty"

@@ -142,7 +142,8 @@ def test_data_without_masks_scores_attention_on_synthetic_at_the_model_size(tiny
     scores = rows_module.attention_scores(tiny_model, test)
     assert loads == [("synthetic", "test", 16)]
     assert tuple(scores) == rows_module.ATTENTION_KEYS
-    assert all(0.0 <= value <= 1.0 for value in scores.values())
+    slope = scores.pop("attn_follows_object")  # a slope: a random model's may be a little below 0
+    assert all(0.0 <= value <= 1.0 for value in scores.values()) and -1.0 < slope < 1.0
     assert rows_module.foreground_probe_score(tiny_model, test, test) is None  # the probe needs the data's masks
 
 

@@ -273,7 +273,7 @@ def _cell(key: str, value: Any) -> str:
     if key.startswith(("knn_", "linear_")):
         return f"{100 * value:.1f}%"
     if key.startswith(("attn_", "nn_")) or key in ("object_area", "patch_fg_iou"):
-        return f"{value:.3f}"
+        return f"{value:.3f}".replace("-0.000", "0.000")  # a slope of -1e-4 reads as none
     if key == "effective_rank":
         return f"{value:.1f}"
     if key == "embedding_std":
