@@ -72,8 +72,7 @@ COLUMNS = ("model", "knn_top1", "knn_top5", "linear_top1", "linear_top5", *ATTEN
            *NEIGHBOUR_KEYS.values(), "effective_rank", "embedding_std", "num_train", "num_test")
 HEADERS = ("model", "k-NN top-1", "k-NN top-5", "linear top-1", "linear top-5", "attn J (mean)",
            "attn J (best head)", "attn on object", "object area", "mask area", "mask on object", "follows object",
-           "patch fg IoU",
-           "NN same object", "NN same bg", "eff. rank", "emb. std", "train", "test")
+           "patch fg IoU", "NN same object", "NN same bg", "eff. rank", "emb. std", "train", "test")
 RANDOM_INITS = 3  # seeds averaged in the random-init row: one random ViT's attention Jaccard is a draw
 PROBE_IMAGES = 1000  # train images the foreground probe learns from (64 patches each at 64 px / 8)
 RAW_PIXELS = "raw pixels"
