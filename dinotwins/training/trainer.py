@@ -138,8 +138,7 @@ class Trainer:
         peak_lr = scaled_lr(cfg.optim.base_lr, cfg.batch_size * self.dist.world_size)
         return {
             "lr": cosine(step, length.total_steps, peak_lr, cfg.optim.min_lr, warmup),
-            "weight_decay": cosine(step, length.total_steps, cfg.optim.weight_decay,
-                                             cfg.optim.weight_decay_end),
+            "weight_decay": cosine(step, length.total_steps, cfg.optim.weight_decay, cfg.optim.weight_decay_end),
             **self.objective.step_values(step, length),
         }
 
