@@ -116,6 +116,8 @@ class TrainConfig:
             (self.optim.base_lr > 0, f"optim.base_lr must be positive, got {self.optim.base_lr}"),
             (self.augment.n_local >= 0, f"augment.n_local must be >= 0, got {self.augment.n_local}"),
             (self.model.reg_tokens >= 0, f"model.reg_tokens must be 0 (none) or a token count, got {self.model.reg_tokens}"),
+            (self.model.pos_embed in ("learn", "none"),
+             f"model.pos_embed must be learn or none, got {self.model.pos_embed!r}"),
         ]
         for ok, message in checks:
             if not ok:

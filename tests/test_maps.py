@@ -86,3 +86,22 @@ def test_register_tokens_are_left_out_of_maps_and_kept_through_export(tmp_path, 
     loaded = load_model(tmp_path / "m.safetensors")
     assert loaded.config.reg_tokens == 4
     assert torch.allclose(maps.cls_attention(loaded.backbone, x), maps.cls_attention(vit, x), atol=1e-6)
+
+
+def test_a_backbone_without_position_embedding_sees_patches_as_a_set_and_keeps_it_through_export(tmp_path, x):
+    from dinotwins.models.export import export_backbone
+    from dinotwins.models.load import load_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, drop_path_rate=0.0,
+                      pos_embed="none")
+    vit = create_backbone(cfg).eval()
+    assert vit.pos_embed is None and "pos_embed" not in vit.state_dict()
+    # with no position in the tokens, moving the patches moves the CLS attention with them and leaves the CLS alone
+    flipped = x.flip(-1).reshape(2, 3, 32, 4, 8).flip(-2).reshape(2, 3, 32, 32).flip(-1)  # whole 8 px patches swapped
+    assert torch.allclose(maps.cls_attention(vit, flipped), maps.cls_attention(vit, x).flip(-1), atol=1e-5)
+    assert torch.allclose(vit(flipped), vit(x), atol=1e-5)
+    export_backbone(vit, cfg, tmp_path / "m.safetensors", method="dino", data="synthetic", steps=0)
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert loaded.config.pos_embed == "none"
+    assert torch.allclose(maps.cls_attention(loaded.backbone, x), maps.cls_attention(vit, x), atol=1e-6)

@@ -64,6 +64,7 @@ def tensors(path: Path) -> dict:
     (["--method", "dino", "--data", "synthetic", "--set", "optim.base_lr=fast"], "optim.base_lr"),
     (["--method", "dino", "--data", "synthetic", "--set", "optim.base_lr=.nan"], "optim.base_lr"),
     (["--method", "dino", "--data", "synthetic", "--set", "model.reg_tokens=-1"], "model.reg_tokens"),
+    (["--method", "dino", "--data", "synthetic", "--set", "model.pos_embed=sincos"], "model.pos_embed must be"),
     (["--method", "dino", "--data", "synthetic", "--set", "compile_mode=fast"], "compile_mode must be one of"),
     (["--method", "dino", "--data", "scenes", "--set", "model.image_size=16", "--set", "augment.global_size=16",
       "--set", "model.patch_size=16", "--set", "augment.local_size=16"], "fewer than 2 x 2 patches"),

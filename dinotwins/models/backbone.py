@@ -33,7 +33,8 @@ def create_backbone(cfg: ModelConfig) -> VisionTransformer:
             f"image size {cfg.image_size} is not a multiple of patch size {cfg.patch_size}; change one of them"
         )
     overrides = {k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth), ("num_heads", cfg.num_heads),
-                                   ("reg_tokens", cfg.reg_tokens or None)) if v is not None}
+                                   ("reg_tokens", cfg.reg_tokens or None),
+                                   ("pos_embed", None if cfg.pos_embed == "learn" else cfg.pos_embed)) if v is not None}
     model = timm.create_model(
         cfg.arch,
         pretrained=False,

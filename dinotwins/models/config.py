@@ -28,3 +28,4 @@ class ModelConfig:
     num_heads: int | None = None  # None: the arch's own head count
     drop_path_rate: float = 0.1  # stochastic depth, DINO's default for ViT-S
     reg_tokens: int = 0  # register tokens beside CLS ("Vision Transformers Need Registers"); maps leave them out
+    pos_embed: str = "learn"  # "learn": timm's learned absolute position embedding; "none": patches carry content only
