@@ -172,6 +172,21 @@ def test_models_of_two_shapes_get_a_random_init_baseline_each_named_by_its_shape
     assert names[6:] == [rows_module.object_maps_name(16, 4), rows_module.prior_maps_name(16, 4)]  # one grid
 
 
+def test_a_models_own_mean_map_row_draws_its_maps_average_for_every_image(tiny_model, tmp_path):
+    data = load_dataset("synthetic:32", "train", image_size=16)
+    rows = rows_module.evaluate_all([tiny_model], data, data, k=5, baselines=False, own_mean_maps=True,
+                                    cache_dir=tmp_path)
+    model, own = rows
+    assert own["model"] == rows_module.own_mean_map_name("tiny") and own["knn_top1"] is None
+    assert own["num_test"] == len(data) and own["object_area"] == model["object_area"]
+    assert abs(own["attn_follows_object"]) < 1e-9  # the same map for every image moves with nothing
+    maps, _ = rows_module.attention_maps(tiny_model, data)
+    mean = maps / maps.sum(dim=(-2, -1), keepdim=True)
+    drawn = mean.mean(dim=(0, 1)).expand(len(data), 1, *maps.shape[-2:])
+    assert own["attn_on_object"] == pytest.approx(rows_module.map_scores(drawn, data.masks)["attn_on_object"])
+    assert own["attn_on_object"] != pytest.approx(model["attn_on_object"])  # its own maps differ per image
+
+
 def test_the_random_init_row_is_the_mean_of_its_seeds(tiny_model, tmp_path):
     data = load_dataset("synthetic:32", "train", image_size=16)
     rows = rows_module.evaluate_all([tiny_model], data, data, k=5, seed=3, random_inits=2, cache_dir=tmp_path)

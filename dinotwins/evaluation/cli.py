@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {RANDOM_INITS})")
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="add raw-pixel and random-init ViT rows (default: yes)")
+    p.add_argument("--own-mean-maps", action="store_true",
+                   help="add, per model, its own mean attention map over the test images drawn as every image's "
+                        "map: what its maps hold that does not depend on the image")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help=f"feature cache (default {DEFAULT_CACHE_DIR})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda when available")
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         label_fraction=args.label_fraction, seed=args.seed, baselines=args.baselines,
                         cache_dir=args.cache_dir, progress=not args.no_progress,
                         attention_scale=args.attention_scale, attention_layer=args.attention_layer,
-                        random_inits=args.random_inits)
+                        random_inits=args.random_inits, own_mean_maps=args.own_mean_maps)
 
 
 def distinct_names(names: list[str], paths: list[str | Path]) -> list[str]:

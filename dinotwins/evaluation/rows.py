@@ -6,7 +6,9 @@ heads, image and patch size, so models of two sizes get two random rows) and, fo
 columns alone, the object masks themselves drawn as maps at each distinct patch grid (`object_maps`: what a model
 that looks at the object and nothing else scores, the top of the attention columns) and, where the train split has
 masks, the train objects' mean mask as every test image's map (`prior_maps`: what knowing where objects tend to be
-scores without looking at the image; the bar a map that finds the object must clear):
+scores without looking at the image; the bar a map that finds the object must clear); on request (`own_mean_maps`),
+for each model its own mean map over the test images drawn as every image's map (`own_mean_map`: what its maps hold
+that does not depend on the image; where this row's Jaccard is above the model's, the part that does costs it):
 - k-NN: the DINO paper's weighted vote (k = 20, T = 0.07) of the test split against every train label (knn.py);
 - linear probe: logistic regression on a class-balanced, seeded 10 % of the train labels, the DinoTwins paper's
   low-label protocol (probe.py);
@@ -52,7 +54,7 @@ from dinotwins.data import load_dataset
 from dinotwins.data.dataset import ImageDataset
 from dinotwins.errors import UserError
 from dinotwins.evaluation.attention_masks import (KEEP_MASS, attention_jaccard, follows_object, mask_extent,
-                                                   mass_on_object, object_area, object_maps, prior_maps)
+                                                   mass_on_object, normalized, object_area, object_maps, prior_maps)
 from dinotwins.evaluation.embedding_health import effective_rank, embedding_std
 from dinotwins.evaluation.features import (BATCH_SIZE, DEFAULT_CACHE_DIR, extract_features, normalization_of,
                                            raw_pixel_features)
@@ -153,11 +155,17 @@ def attention_scores(model, test: ImageDataset, keep_mass: float = KEEP_MASS, ba
     size differs from the input size, the same split is generated again at the input size (synthetic and scenes
     render at any size) and its first len(test) images are used (any sample of the split measures the same thing).
     """
+    maps, test = attention_maps(model, test, batch_size, scale, layer)
+    return map_scores(maps, test.masks.cpu(), keep_mass)
+
+
+def attention_maps(model, test: ImageDataset, batch_size: int = BATCH_SIZE, scale: float = 1.0,
+                   layer: int = 0) -> tuple[torch.Tensor, ImageDataset]:
+    """The CLS attention maps (N, heads, h, w) `attention_scores` scores, and the images they are of (`mask_split`)."""
     size = model.input_size(scale)
     test = mask_split(test, size)
     block = functools.partial(model.attention, layer=model.block_index(layer))
-    maps = _per_batch(block, model, test, size, batch_size)  # (N, heads, h, w)
-    return map_scores(maps, test.masks.cpu(), keep_mass)
+    return _per_batch(block, model, test, size, batch_size), test
 
 
 def mask_split(test: ImageDataset, size: int) -> ImageDataset:
@@ -210,13 +218,25 @@ def evaluate_object_maps(model, test: ImageDataset, keep_mass: float = KEEP_MASS
     maps = {object_maps_name(size, grid): object_maps(masks, (grid, grid))}
     if has_masks and train is not None and train.masks is not None:
         maps[prior_maps_name(size, grid)] = prior_maps(train.masks.cpu(), (grid, grid), len(test))
-    rows = []
-    for name, drawn in maps.items():
-        row: dict[str, Any] = dict.fromkeys(COLUMNS)
-        row.update(map_scores(drawn, masks, keep_mass))
-        row.update(model=name, num_test=len(test))
-        rows.append(row)
-    return rows
+    return [_drawn_maps_row(name, drawn, masks, keep_mass) for name, drawn in maps.items()]
+
+
+def evaluate_own_mean_map(model, test: ImageDataset, keep_mass: float = KEEP_MASS, scale: float = 1.0,
+                          layer: int = 0) -> dict[str, Any]:
+    """The reference row `own_mean_map_name(model.name)`: the model's mean-of-heads map averaged over the test
+    images (each normalized to mass 1) and drawn as every image's map, scored like a model's."""
+    maps, test = attention_maps(model, test, scale=scale, layer=layer)
+    mean = normalized(maps).mean(dim=(0, 1))
+    drawn = mean[None, None].expand(len(test), 1, *mean.shape)
+    return _drawn_maps_row(own_mean_map_name(model.name), drawn, test.masks.cpu(), keep_mass)
+
+
+def _drawn_maps_row(name: str, drawn: torch.Tensor, masks: torch.Tensor, keep_mass: float) -> dict[str, Any]:
+    """A row of the attention columns alone for maps drawn rather than read off a model."""
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(map_scores(drawn, masks, keep_mass))
+    row.update(model=name, num_test=len(masks))
+    return row
 
 
 def object_maps_name(size: int, grid: int) -> str:
@@ -225,6 +245,10 @@ def object_maps_name(size: int, grid: int) -> str:
 
 def prior_maps_name(size: int, grid: int) -> str:
     return f"mean train object as every map ({size} px, {grid} x {grid} patches)"
+
+
+def own_mean_map_name(model_name: str) -> str:
+    return f"{model_name}: its mean map as every map"
 
 
 def foreground_probe_score(model, train: ImageDataset, test: ImageDataset,
@@ -306,10 +330,11 @@ def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: in
                  temperature: float = KNN_TEMPERATURE, label_fraction: float = LABEL_FRACTION, seed: int = 0,
                  baselines: bool = True, cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
                  progress: bool = False, attention_scale: float = 1.0, attention_layer: int = 0,
-                 random_inits: int = RANDOM_INITS) -> list[dict[str, Any]]:
+                 random_inits: int = RANDOM_INITS, own_mean_maps: bool = False) -> list[dict[str, Any]]:
     """The rows of `LoadedModel`s, then (with `baselines`) raw pixels, one random-init row per distinct shape
     among the models (the mean of `random_inits` ViTs seeded seed, seed + 1, ...) and the reference maps per
-    distinct patch grid (`evaluate_object_maps`), in the models' order."""
+    distinct patch grid (`evaluate_object_maps`), in the models' order; last (with `own_mean_maps`) each model's
+    own mean map as every map (`evaluate_own_mean_map`)."""
     from dinotwins.models.load import LoadedModel
 
     options = dict(k=k, temperature=temperature, label_fraction=label_fraction, seed=seed)
@@ -333,4 +358,6 @@ def evaluate_all(models: list, train: ImageDataset, test: ImageDataset, *, k: in
             grids.setdefault(object_maps_name(size, size // m.patch_size), m)
         for m in grids.values():
             rows += evaluate_object_maps(m, test, scale=attention_scale, train=train)
+    if own_mean_maps:
+        rows += [evaluate_own_mean_map(m, test, scale=attention_scale, layer=attention_layer) for m in models]
     return rows
