@@ -172,6 +172,15 @@ def test_models_of_two_shapes_get_a_random_init_baseline_each_named_by_its_shape
     assert names[6:] == [rows_module.object_maps_name(16, 4), rows_module.prior_maps_name(16, 4)]  # one grid
 
 
+def test_random_init_rows_tell_registers_and_no_position_embedding_apart(tiny_model):
+    names = {LoadedModel.random_like(tiny_model).name}
+    for change in (dict(reg_tokens=2), dict(pos_embed="none")):
+        config = dataclasses.replace(TINY, **change)
+        other = LoadedModel(create_backbone(config), config, name="other", metadata={}, weights_hash=str(change))
+        names.add(LoadedModel.random_like(other).name)
+    assert len(names) == 3 and any("2 registers" in n for n in names) and any("no position" in n for n in names)
+
+
 def test_a_models_own_mean_map_row_draws_its_maps_average_for_every_image(tiny_model, tmp_path):
     data = load_dataset("synthetic:32", "train", image_size=16)
     rows = rows_module.evaluate_all([tiny_model], data, data, k=5, baselines=False, own_mean_maps=True,
