@@ -1,6 +1,7 @@
 """The app's handlers as plain functions: attention, retrieval, projection, runs, the on-disk cache, the model
 cache. Tiny smoke-trained models (`smoke_runs`) and a 256-image synthetic gallery; no server, no browser."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -26,6 +27,8 @@ from app.tabs.retrieval import retrieve_handler
 from app.ui import build_app
 from dinotwins.evaluation import features
 from dinotwins.errors import UserError
+from dinotwins.models.backbone import create_backbone
+from dinotwins.models.load import LoadedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -304,6 +307,16 @@ def test_run_card_shows_provenance_and_the_table_the_eval_figures(entries):
             "map follows object": "0.31", "eff. rank": "12.3"}
     finally:
         (entry.folder / "eval.json").unlink()
+
+
+def test_run_card_architecture_names_registers_and_a_missing_position_embedding(entries):
+    entry = entries[0]
+    assert runs.architecture(entry).startswith(f"{len(entry.model.backbone.blocks)} blocks · ")
+    assert "registers" not in runs.architecture(entry) and "position" not in runs.architecture(entry)
+    config = dataclasses.replace(entry.model.config, reg_tokens=2, pos_embed="none")
+    other = dataclasses.replace(entry, model=LoadedModel(create_backbone(config), config, name="other", metadata={},
+                                                         weights_hash="other"))
+    assert runs.architecture(other).endswith(" px · 2 registers · no position embedding")
 
 
 def test_training_curves_have_a_panel_per_quantity_and_a_trace_per_model(entries):

@@ -71,8 +71,10 @@ def read_eval(entry: ModelEntry) -> dict[str, Any] | None:
 
 def architecture(entry: ModelEntry) -> str:
     m = entry.model
-    return (f"{len(m.backbone.blocks)} blocks · {m.embed_dim}-d · {m.num_heads} heads · patch {m.patch_size} · "
-            f"{m.image_size} px")
+    extras = [f"{m.config.reg_tokens} registers"] * bool(m.config.reg_tokens)
+    extras += ["no position embedding"] * (m.config.pos_embed == "none")
+    return " · ".join([f"{len(m.backbone.blocks)} blocks", f"{m.embed_dim}-d", f"{m.num_heads} heads",
+                       f"patch {m.patch_size}", f"{m.image_size} px", *extras])
 
 
 def comparison_rows(entries: list[ModelEntry]) -> list[list[str]]:
