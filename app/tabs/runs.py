@@ -71,10 +71,8 @@ def read_eval(entry: ModelEntry) -> dict[str, Any] | None:
 
 def architecture(entry: ModelEntry) -> str:
     m = entry.model
-    extras = [f"{m.config.reg_tokens} registers"] if m.config.reg_tokens else []
-    extras += ["no position embedding"] if m.config.pos_embed == "none" else []
     return " · ".join([f"{len(m.backbone.blocks)} blocks", f"{m.embed_dim}-d", f"{m.num_heads} heads",
-                       f"patch {m.patch_size}", f"{m.image_size} px", *extras])
+                       f"patch {m.patch_size}", f"{m.image_size} px", *m.config.extras()])
 
 
 def comparison_rows(entries: list[ModelEntry]) -> list[list[str]]:

@@ -29,3 +29,8 @@ class ModelConfig:
     drop_path_rate: float = 0.1  # stochastic depth, DINO's default for ViT-S
     reg_tokens: int = 0  # register tokens beside CLS ("Vision Transformers Need Registers"); maps leave them out
     pos_embed: str = "learn"  # "learn": timm's learned absolute position embedding; "none": patches carry content only
+
+    def extras(self) -> list[str]:
+        """What sets this backbone apart beyond blocks, width, heads and sizes, in words for names and cards."""
+        return ([f"{self.reg_tokens} registers"] if self.reg_tokens else []) + \
+            (["no position embedding"] if self.pos_embed == "none" else [])

@@ -116,8 +116,7 @@ class LoadedModel:
         model = cls(backbone, other.config, name="", metadata={"method": "random"},
                     weights_hash=f"random-{seed}-{_config_hash(other.config)}", device=other.device,
                     mean=other.mean, std=other.std)
-        extras = "".join(((f", {other.config.reg_tokens} registers" if other.config.reg_tokens else ""),
-                          (", no position embedding" if other.config.pos_embed == "none" else "")))
+        extras = "".join(f", {part}" for part in other.config.extras())
         model.name = (f"random-init {other.config.arch} ({len(backbone.blocks)} blocks, dim {model.embed_dim}, "
                       f"{model.num_heads} heads, {model.image_size} px / patch {model.patch_size}{extras})")
         return model
