@@ -48,7 +48,8 @@ def cpu_bf16_is_fast() -> bool:
 def bf16_matmul_speedup(n: int = 256, rounds: int = 5, repeats: int = 4) -> float:
     """fp32 seconds over bf16 seconds of `repeats` n-cube matmuls, each dtype's best of `rounds` interleaved timings
     after one untimed round, so a load that comes or goes, or a slow first bf16 product, does not decide alone
-    (README, Performance)."""
+    (README, Performance). Timed on one thread: on a busy machine a multi-threaded fp32 product can stall at its
+    thread barriers for longer than an emulated bf16 one takes."""
     operands = {dtype: (torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype))
                 for dtype in (torch.float32, torch.bfloat16)}
 
@@ -56,7 +57,12 @@ def bf16_matmul_speedup(n: int = 256, rounds: int = 5, repeats: int = 4) -> floa
         a, b = operands[dtype]
         return lambda: [a @ b for _ in range(repeats)]
 
-    best = best_seconds({dtype: products(dtype) for dtype in operands}, rounds, warmup=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = best_seconds({dtype: products(dtype) for dtype in operands}, rounds, warmup=1)
+    finally:
+        torch.set_num_threads(threads)
     return best[torch.float32] / best[torch.bfloat16]
 
 
