@@ -9,13 +9,13 @@ arbitrary rotation.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 
 import numpy as np
-import torch
 from scipy.linalg import orthogonal_procrustes
+
+from dinotwins.cpu import torch_threads
 
 UMAP_POINTS = 2000  # points per layout: enough to see clusters, a few seconds of UMAP on a CPU
 UMAP_NEIGHBORS = 15
@@ -41,21 +41,11 @@ def umap_2d(embeddings: np.ndarray, seed: int = SEED, n_epochs: int | None = Non
         return out
     reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, n - 1), metric="cosine",
                         random_state=seed, n_epochs=n_epochs, init="spectral" if n > 64 else "random")
-    with warnings.catch_warnings(), keep_torch_threads():
+    # Starting its thread pool, numba (under UMAP) can set the OpenMP thread count that torch and faiss share to every
+    # core: measured, a process started with `OMP_NUM_THREADS=1` computed with 2 threads after its first layout.
+    with warnings.catch_warnings(), torch_threads():
         warnings.simplefilter("ignore")  # "n_jobs overridden by setting random_state", spectral-init notes
         return reducer.fit_transform(embeddings).astype(np.float32)
-
-
-@contextlib.contextmanager
-def keep_torch_threads():
-    """Give torch its thread count back afterwards. Starting its thread pool, numba (under UMAP) can set the
-    OpenMP thread count that torch and faiss share to every core: measured, a process started with
-    `OMP_NUM_THREADS=1` computed with 2 threads after its first layout."""
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def standardize(layout: np.ndarray) -> np.ndarray:

@@ -1,10 +1,12 @@
 """What this CPU is, read from /proc/cpuinfo: its model, the instruction-set flags that decide the dtype (training
-picks bf16 by them, the benchmark and eval.json report them), and the instruction sets the loaded libraries were capped
-to."""
+picks bf16 by them, the benchmark and eval.json report them), the instruction sets the loaded libraries were capped
+to, and torch's thread count held for a stretch of work."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -45,3 +47,16 @@ def cpu_description(cpuinfo: Path = CPUINFO) -> dict[str, str | list[str] | dict
 def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
     """True when the CPU's flags promise native bf16 matmuls (AVX512-BF16 or AMX); False where unreadable."""
     return any(flag in BF16_FLAGS for flag in cpu_description(cpuinfo)["cpu_flags"])
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None = None) -> Iterator[None]:
+    """Run the block on `threads` torch threads (None: as many as now) and give torch its thread count back after,
+    whatever the block (or a library it calls) set."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from dinotwins.cpu import cpu_has_native_bf16
+from dinotwins.cpu import cpu_has_native_bf16, torch_threads
 from dinotwins.timing import best_seconds
 from dinotwins.training.distributed import same_on_every_rank
 
@@ -57,12 +57,8 @@ def bf16_matmul_speedup(n: int = 256, rounds: int = 5, repeats: int = 4) -> floa
         a, b = operands[dtype]
         return lambda: [a @ b for _ in range(repeats)]
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         best = best_seconds({dtype: products(dtype) for dtype in operands}, rounds, warmup=1)
-    finally:
-        torch.set_num_threads(threads)
     return best[torch.float32] / best[torch.bfloat16]
 
 
