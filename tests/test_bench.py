@@ -11,6 +11,7 @@ import torch
 
 from dinotwins.benchmark.cli import bench_config, build_parser
 from dinotwins.benchmark.official import match_official
+from dinotwins.cpu import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,14 +128,10 @@ def test_the_bf16_speedup_is_fp32s_best_interleaved_time_over_bf16s(monkeypatch)
             assert len(run()) == 4  # each candidate is the repeated product itself
         return {torch.float32: 1.0, torch.bfloat16: 0.4}
     monkeypatch.setattr(precision, "best_seconds", best)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         assert precision.bf16_matmul_speedup(n=8) == pytest.approx(2.5)
         # timed on one thread (a busy machine's thread stalls cannot flip it), the caller's threads given back
         assert asked == [([torch.float32, torch.bfloat16], 5, {"warmup": 1}, 1)] and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_libraries_capped_to_avx2_run_fp32_and_the_bench_says_so():
