@@ -55,6 +55,16 @@ def test_different_seeds_give_different_views():
         assert not torch.allclose(a, b)
 
 
+def test_global_views_do_not_depend_on_the_local_crops_settings():
+    # A method that sees only the global views (Barlow Twins) trains the same whatever the local crops' scale.
+    images = random_images()
+    narrow = MultiCrop(AugmentConfig(n_local=2, local_scale=(0.05, 0.4)))(images, torch.Generator().manual_seed(3))
+    wide = MultiCrop(AugmentConfig(n_local=2, local_scale=(0.05, 0.6)))(images, torch.Generator().manual_seed(3))
+    for a, b in zip(narrow[0], wide[0]):
+        assert torch.equal(a, b)
+    assert not torch.equal(narrow[1][0], wide[1][0])
+
+
 def test_the_two_global_views_of_one_call_differ():
     global_views, _ = MultiCrop(AugmentConfig(n_local=0))(random_images(), torch.Generator().manual_seed(0))
     assert not torch.allclose(global_views[0], global_views[1])
