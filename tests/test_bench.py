@@ -134,6 +134,17 @@ def test_the_bf16_speedup_is_fp32s_best_interleaved_time_over_bf16s(monkeypatch)
         assert asked == [([torch.float32, torch.bfloat16], 5, {"warmup": 1}, 1)] and torch.get_num_threads() == 2
 
 
+def test_the_limit_is_read_from_every_native_dtype_and_never_from_an_emulated_one_alone(monkeypatch):
+    from dinotwins.benchmark import step
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(step, "pick_precision", lambda precision, device: torch.float32)  # bf16 emulated
+    assert step.roofline_dtypes(torch.float32, cpu) == [torch.float32]
+    assert step.roofline_dtypes(torch.bfloat16, cpu) == [torch.bfloat16, torch.float32]
+    monkeypatch.setattr(step, "pick_precision", lambda precision, device: torch.bfloat16)  # bf16 native
+    assert step.roofline_dtypes(torch.float32, cpu) == [torch.float32, torch.bfloat16]
+    assert step.roofline_dtypes(torch.bfloat16, cpu) == [torch.bfloat16, torch.float32]
+
+
 def test_libraries_capped_to_avx2_run_fp32_and_the_bench_says_so():
     caps = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
     r = subprocess.run([sys.executable, "-m", "dinotwins.bench", "--preset", "smoke", "--steps", "1", "--warmup", "0",

@@ -61,6 +61,13 @@ def bench_trainer(cfg: TrainConfig, out: Path, compile: bool):
     return trainer
 
 
+def roofline_dtypes(dtype: torch.dtype, device: torch.device) -> list[torch.dtype]:
+    """The step's dtype, then the other dtypes the device runs natively (fp32; bf16 where `auto` would take it):
+    the limit is the best of their peaks, so a step forced to an emulated bf16 is read against fp32's."""
+    native = (torch.float32, *((torch.bfloat16,) if pick_precision("auto", device) == torch.bfloat16 else ()))
+    return [dtype, *(other for other in native if other != dtype)]
+
+
 def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
                rivals: dict[str, Callable[[], None]] | None = None, product_rows: int = 0) -> dict[str, float | str]:
     """Our step's speed and FLOP use at `cfg`. `rivals` (name -> one step of other code, e.g. the official DINO
@@ -88,9 +95,7 @@ def bench_step(cfg: TrainConfig, steps: int, warmup: int, profile_rows: int = 0,
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         dtype = trainer.autocast_dtype or torch.float32
-        # the roofline in the step's dtype and, where bf16 is native, in the other one too
-        peak_dtypes = [dtype, *(other for other in (torch.float32, torch.bfloat16)
-                                if other != dtype and pick_precision("auto", device) == torch.bfloat16)]
+        peak_dtypes = roofline_dtypes(dtype, device)
         seconds = {name: [] for name in sides}
         peaks = {dt: [] for dt in peak_dtypes}
         for _ in range(steps):
