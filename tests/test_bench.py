@@ -184,9 +184,24 @@ def test_the_slowest_products_come_first_with_their_layout():
     small = Product((4, 8), (8, 1), (8, 4), (4, 1), torch.float32)
     lines = slowest_products(Counter({small: 3, big: 2}), torch.device("cpu"), peak_tflops=1.0, rows=1)
     assert len(lines) == 2 and "A shape" in lines[0]  # a header, then only the slowest product
-    share, speed, calls, rest = lines[1].split(maxsplit=3)
+    share, speed, transposed, calls, rest = lines[1].split(maxsplit=4)
     assert calls == "2" and rest == "(512, 512) ((512, 1)) x (512, 512) ((1, 512)) float32"
-    assert 95 < float(share.rstrip("%")) <= 100 and float(speed.rstrip("%")) > 0
+    assert 95 < float(share.rstrip("%")) <= 100 and float(speed.rstrip("%")) > 0 and float(transposed.rstrip("%")) > 0
+
+
+def test_a_product_transposed_computes_the_transposed_result_at_the_same_cost():
+    from dinotwins.benchmark.ceiling import Product, _operand
+
+    for p in (Product((6, 4), (1, 6), (4, 5), (5, 1), torch.float32),  # A transposed, as a weight gradient runs
+              Product((3, 6, 4), (24, 4, 1), (3, 4, 5), (20, 1, 4), torch.float32)):  # batched, B transposed
+        q = p.transposed()
+        assert q.flops == p.flops and q.transposed() == p
+        a, b = _operand(p.a_shape, p.a_stride, p.dtype, torch.device("cpu")), \
+            _operand(p.b_shape, p.b_stride, p.dtype, torch.device("cpu"))
+        # the transposed operands are views of the same storage in the layout q names
+        at, bt = a.transpose(-2, -1), b.transpose(-2, -1)
+        assert (bt.shape, bt.stride(), at.shape, at.stride()) == (q.a_shape, q.a_stride, q.b_shape, q.b_stride)
+        assert torch.allclose(torch.matmul(bt, at).transpose(-2, -1), torch.matmul(a, b), atol=1e-5)
 
 
 def test_the_cpu_is_named_with_its_family_and_model_and_the_flags_that_pick_the_dtype(tmp_path):

@@ -35,6 +35,13 @@ class Product(NamedTuple):
         *batch, m, k = self.a_shape
         return 2 * m * k * self.b_shape[-1] * (batch[0] if batch else 1)
 
+    def transposed(self) -> Product:
+        """The same result computed the other way round, C^T = B^T A^T (each operand a transposed view): a BLAS
+        may run one orientation of a shape faster than the other."""
+        def t(seq: tuple[int, ...]) -> tuple[int, ...]:
+            return (*seq[:-2], seq[-1], seq[-2])
+        return Product(t(self.b_shape), t(self.b_stride), t(self.a_shape), t(self.a_stride), self.dtype)
+
 
 class RecordProducts(TorchDispatchMode):
     """Counts every mm/addmm/bmm/baddbmm dispatched while active (forward and backward) by shape, stride and dtype."""
@@ -96,13 +103,15 @@ def matmul_ceiling(counts: Counter[Product], device: torch.device, step_seconds:
 def slowest_products(counts: Counter[Product], device: torch.device, peak_tflops: float,
                      rows: int) -> list[str]:
     """The `rows` products with the most solo time per step, one line each: their share of all products' solo
-    time, their own speed as a fraction of `peak_tflops`, calls per step, and both operands' shapes and strides
-    (a transposed operand shows as a stride that is not decreasing)."""
+    time, their own speed as a fraction of `peak_tflops` as they ran and computed transposed (`Product.transposed`),
+    calls per step, and both operands' shapes and strides (a transposed operand shows as a stride that is not
+    decreasing)."""
     timed = [(product_seconds(p, device) * n, p, n) for p, n in counts.items()]
     total = sum(seconds for seconds, _, _ in timed)
-    lines = [f"{'share':>6} {'of peak':>7} {'calls':>5}  A shape (stride) x B shape (stride)"]
+    lines = [f"{'share':>6} {'of peak':>7} {'transp.':>7} {'calls':>5}  A shape (stride) x B shape (stride)"]
     for seconds, p, n in sorted(timed, key=lambda row: row[0], reverse=True)[:rows]:
         speed = p.flops * n / seconds / 1e12 / peak_tflops
-        lines.append(f"{seconds / total:6.1%} {speed:7.1%} {n:5d}  {p.a_shape} ({p.a_stride}) x {p.b_shape} "
-                     f"({p.b_stride}) {str(p.dtype).removeprefix('torch.')}")
+        other = p.flops / product_seconds(p.transposed(), device) / 1e12 / peak_tflops
+        lines.append(f"{seconds / total:6.1%} {speed:7.1%} {other:7.1%} {n:5d}  {p.a_shape} ({p.a_stride}) x "
+                     f"{p.b_shape} ({p.b_stride}) {str(p.dtype).removeprefix('torch.')}")
     return lines
